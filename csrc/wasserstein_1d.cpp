@@ -1,0 +1,86 @@
+// The wasserstein_1d ops: schemas, the autograd-facing composite, the backward scale, and the CPU
+// kernel registration. CUDA kernels register themselves in cuda/wasserstein_1d_cuda.cu.
+//
+//   wasserstein_1d(x, y, p) -> W_p^p per row                 (composite: picks which gradients to make)
+//   wasserstein_1d_fwd(x, y, p, grad_x, grad_y) -> (W, dW/dx, dW/dy)   (device kernels)
+//   wasserstein_1d_bwd(grad, d) -> grad[..., None] * d       (the whole backward: one scale)
+#include <Python.h>
+
+#include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/library.h>
+
+#include "cpu/wasserstein_1d_cpu.h"
+#include "wasserstein_1d.h"
+
+// `import pdl_ext._C` loads this library, which runs the TORCH_LIBRARY registrations below.
+extern "C" {
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}
+
+namespace pdl_ext {
+
+void check_wasserstein_1d_inputs(const at::Tensor& x, const at::Tensor& y, int64_t p) {
+  TORCH_CHECK(p == 1 || p == 2, "wasserstein_1d: p must be 1 or 2, got ", p);
+  TORCH_CHECK(x.dim() >= 1, "wasserstein_1d: x must have at least 1 dimension (..., N), got shape ",
+              x.sizes());
+  TORCH_CHECK(y.dim() >= 1, "wasserstein_1d: y must have at least 1 dimension (..., M), got shape ",
+              y.sizes());
+  TORCH_CHECK(at::isFloatingType(x.scalar_type()),
+              "wasserstein_1d: x must be float16, bfloat16, float32 or float64, got ", x.scalar_type());
+  TORCH_CHECK(x.scalar_type() == y.scalar_type(), "wasserstein_1d: y must have the dtype of x (",
+              x.scalar_type(), "), got ", y.scalar_type());
+  TORCH_CHECK(x.device() == y.device(), "wasserstein_1d: y must be on the device of x (", x.device(),
+              "), got ", y.device());
+  TORCH_CHECK(x.sizes().slice(0, x.dim() - 1) == y.sizes().slice(0, y.dim() - 1),
+              "wasserstein_1d: x (..., N) and y (..., M) must have the same leading shape, got x ",
+              x.sizes(), " and y ", y.sizes());
+  TORCH_CHECK(x.size(-1) > 0, "wasserstein_1d: x rows must not be empty (N > 0), got shape ", x.sizes());
+  TORCH_CHECK(y.size(-1) > 0, "wasserstein_1d: y rows must not be empty (M > 0), got shape ", y.sizes());
+  TORCH_CHECK(x.size(-1) <= std::numeric_limits<int32_t>::max() &&
+                  y.size(-1) <= std::numeric_limits<int32_t>::max(),
+              "wasserstein_1d: rows longer than 2^31 - 1 are not supported, got N = ", x.size(-1),
+              ", M = ", y.size(-1));
+}
+
+namespace {
+
+at::Tensor wasserstein_1d(const at::Tensor& x, const at::Tensor& y, int64_t p) {
+  // Only the gradients autograd will ask for are computed (a loss's target needs none).
+  const bool grad_x = at::GradMode::is_enabled() && x.requires_grad();
+  const bool grad_y = at::GradMode::is_enabled() && y.requires_grad();
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("pdl_ext::wasserstein_1d_fwd", "")
+                       .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
+                           const at::Tensor&, const at::Tensor&, int64_t, bool, bool)>();
+  return std::get<0>(op.call(x, y, p, grad_x, grad_y));
+}
+
+at::Tensor wasserstein_1d_bwd(const at::Tensor& grad, const at::Tensor& d) {
+  return d * grad.unsqueeze(-1).to(d.scalar_type());
+}
+
+}  // namespace
+
+TORCH_LIBRARY(pdl_ext, m) {
+  m.def("wasserstein_1d(Tensor x, Tensor y, int p) -> Tensor");
+  m.def("wasserstein_1d_fwd(Tensor x, Tensor y, int p, bool grad_x, bool grad_y) -> (Tensor, Tensor, Tensor)");
+  m.def("wasserstein_1d_bwd(Tensor grad, Tensor d) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(pdl_ext, CompositeImplicitAutograd, m) {
+  m.impl("wasserstein_1d", &wasserstein_1d);
+}
+
+TORCH_LIBRARY_IMPL(pdl_ext, CompositeExplicitAutograd, m) {
+  m.impl("wasserstein_1d_bwd", &wasserstein_1d_bwd);
+}
+
+TORCH_LIBRARY_IMPL(pdl_ext, CPU, m) {
+  m.impl("wasserstein_1d_fwd", &cpu::wasserstein_1d_fwd_cpu);
+}
+
+}  // namespace pdl_ext
