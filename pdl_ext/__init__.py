@@ -6,5 +6,6 @@ __version__ = "0.1.0"
 
 from .extension import extension_info
 from .ops import wasserstein_1d
+from .projection import projected_distance
 
-__all__ = ["__version__", "extension_info", "wasserstein_1d"]
+__all__ = ["__version__", "extension_info", "projected_distance", "wasserstein_1d"]
