@@ -71,6 +71,10 @@ if extension.COMPILED:
         ctx.save_for_backward(dx, dy)
 
     def _wasserstein_1d_fwd_backward(ctx, grad_loss, _grad_dx, _grad_dy):
+        if torch.is_grad_enabled() and not torch.compiler.is_compiling():
+            # create_graph=True: the saved derivatives carry no graph, so a second derivative would
+            # silently miss the p=2 curvature. Refuse rather than return something wrong.
+            raise RuntimeError("pdl_ext: double backward of wasserstein_1d is not supported")
         dx, dy = ctx.saved_tensors
         gx = gy = None
         if ctx.needs_input_grad[0]:
