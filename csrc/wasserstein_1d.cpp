@@ -4,6 +4,8 @@
 //   wasserstein_1d(x, y, p) -> W_p^p per row                 (composite: picks which gradients to make)
 //   wasserstein_1d_fwd(x, y, p, grad_x, grad_y) -> (W, dW/dx, dW/dy)   (device kernels)
 //   wasserstein_1d_bwd(grad, d) -> grad[..., None] * d       (the whole backward: one scale)
+//   normalized_wasserstein_1d*(x, y, p): the same per channel of (B, C, N) features after an L2
+//   normalization over channels at each position, fused into the kernels
 #include <Python.h>
 
 #include <ATen/ATen.h>
@@ -46,16 +48,35 @@ void check_wasserstein_1d_inputs(const at::Tensor& x, const at::Tensor& y, int64
               ", M = ", y.size(-1));
 }
 
+void check_normalized_wasserstein_1d_inputs(const at::Tensor& x, const at::Tensor& y, int64_t p) {
+  TORCH_CHECK(x.dim() == 3, "normalized_wasserstein_1d: x must be (B, C, N), got shape ", x.sizes());
+  TORCH_CHECK(y.dim() == 3, "normalized_wasserstein_1d: y must be (B, C, M), got shape ", y.sizes());
+  check_wasserstein_1d_inputs(x, y, p);
+}
+
 namespace {
+
+template <typename Sig>
+c10::TypedOperatorHandle<Sig> find_op(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Sig>();
+}
+
+at::Tensor normalized_wasserstein_1d(const at::Tensor& x, const at::Tensor& y, int64_t p) {
+  const bool grad_x = at::GradMode::is_enabled() && x.requires_grad();
+  const bool grad_y = at::GradMode::is_enabled() && y.requires_grad();
+  using Out = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+  static auto op = find_op<Out(const at::Tensor&, const at::Tensor&, int64_t, bool, bool)>(
+      "pdl_ext::normalized_wasserstein_1d_fwd");
+  return std::get<0>(op.call(x, y, p, grad_x, grad_y));
+}
 
 at::Tensor wasserstein_1d(const at::Tensor& x, const at::Tensor& y, int64_t p) {
   // Only the gradients autograd will ask for are computed (a loss's target needs none).
   const bool grad_x = at::GradMode::is_enabled() && x.requires_grad();
   const bool grad_y = at::GradMode::is_enabled() && y.requires_grad();
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("pdl_ext::wasserstein_1d_fwd", "")
-                       .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
-                           const at::Tensor&, const at::Tensor&, int64_t, bool, bool)>();
+  using Out = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
+  static auto op =
+      find_op<Out(const at::Tensor&, const at::Tensor&, int64_t, bool, bool)>("pdl_ext::wasserstein_1d_fwd");
   return std::get<0>(op.call(x, y, p, grad_x, grad_y));
 }
 
@@ -69,10 +90,15 @@ TORCH_LIBRARY(pdl_ext, m) {
   m.def("wasserstein_1d(Tensor x, Tensor y, int p) -> Tensor");
   m.def("wasserstein_1d_fwd(Tensor x, Tensor y, int p, bool grad_x, bool grad_y) -> (Tensor, Tensor, Tensor)");
   m.def("wasserstein_1d_bwd(Tensor grad, Tensor d) -> Tensor");
+  m.def("normalized_wasserstein_1d(Tensor x, Tensor y, int p) -> Tensor");
+  m.def("normalized_wasserstein_1d_fwd(Tensor x, Tensor y, int p, bool grad_x, bool grad_y) "
+        "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def("normalized_wasserstein_1d_bwd(Tensor grad, Tensor g, Tensor f, Tensor norm) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(pdl_ext, CompositeImplicitAutograd, m) {
   m.impl("wasserstein_1d", &wasserstein_1d);
+  m.impl("normalized_wasserstein_1d", &normalized_wasserstein_1d);
 }
 
 TORCH_LIBRARY_IMPL(pdl_ext, CompositeExplicitAutograd, m) {
@@ -81,6 +107,8 @@ TORCH_LIBRARY_IMPL(pdl_ext, CompositeExplicitAutograd, m) {
 
 TORCH_LIBRARY_IMPL(pdl_ext, CPU, m) {
   m.impl("wasserstein_1d_fwd", &cpu::wasserstein_1d_fwd_cpu);
+  m.impl("normalized_wasserstein_1d_fwd", &cpu::normalized_wasserstein_1d_fwd_cpu);
+  m.impl("normalized_wasserstein_1d_bwd", &cpu::normalized_wasserstein_1d_bwd_cpu);
 }
 
 }  // namespace pdl_ext

@@ -11,4 +11,7 @@ namespace pdl_ext {
 // and the received value (the Python wrappers run the same checks first, with the same wording).
 void check_wasserstein_1d_inputs(const at::Tensor& x, const at::Tensor& y, int64_t p);
 
+// The same for the normalized op: x (B, C, N) and y (B, C, M).
+void check_normalized_wasserstein_1d_inputs(const at::Tensor& x, const at::Tensor& y, int64_t p);
+
 }  // namespace pdl_ext

@@ -118,4 +118,46 @@ PDL_HD int64_t merge_step(MergeCursor& c, int64_t n, int64_t m, int64_t& seg_i, 
   return len;
 }
 
+// ---------------------------------------------------------------------------------------------
+// Unequal sizes, one atom at a time (the CUDA kernels give each thread its own atoms). Atom a of one
+// side (na atoms) spans [a*nb, (a+1)*nb) and overlaps the atoms b = a*nb/na, ... of the other side
+// (nb atoms, atom b spans [b*na, (b+1)*na)). Visiting them in order of b gives the merge walk's
+// segments, lengths and summation order, so the result is the walk's gx (an x atom, kAtomOfX) or
+// gy (a y atom) before the 1/(N*M) scale; `other(b)` is the other side's b-th smallest value.
+// The atom's share of the loss, sum of len * pair_cost, is added to `cost`.
+// ---------------------------------------------------------------------------------------------
+template <bool kAtomOfX, typename A, typename Other>
+PDL_HD A merge_atom(int64_t a, A va, int64_t na, int64_t nb, int p, Other other, A& cost) {
+  const int64_t lo = a * nb;
+  const int64_t hi = lo + nb;
+  A g = A(0);
+  for (int64_t b = lo / na; b * na < hi; ++b) {
+    const int64_t s = b * na > lo ? b * na : lo;
+    const int64_t e = (b + 1) * na < hi ? (b + 1) * na : hi;
+    const A len = static_cast<A>(e - s);
+    const A vb = other(b);
+    const A d = kAtomOfX ? va - vb : vb - va;  // always x - y, as in the walk
+    cost += len * pair_cost(d, p);
+    const A t = pair_grad(d, p) * len;
+    g = kAtomOfX ? g + t : g - t;
+  }
+  return g;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fused feature normalization (as LPIPS): u[c] = f[c] / (r + eps), r = ||f[:]||_2 over channels at
+// one position. Given H[c] = dL/du[c] and s = sum_c H[c] f[c], the gradient is
+//   dL/df[c] = H[c] / (r + eps) - f[c] s / (r (r + eps)^2),
+// taken as 0 at an all-zero position (r = 0; for ReLU features the gradient is zero there anyway).
+// ---------------------------------------------------------------------------------------------
+constexpr double kNormEps = 1e-10;
+
+template <typename A> PDL_HD A inv_norm(A r) { return A(1) / (r + A(kNormEps)); }
+
+template <typename A> PDL_HD A normalize_grad(A h, A f, A s, A r) {
+  if (!(r > A(0))) return A(0);
+  const A a = A(1) / (r + A(kNormEps));
+  return h * a - f * s * (a * a / r);
+}
+
 }  // namespace pdl_ext

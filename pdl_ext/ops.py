@@ -52,6 +52,48 @@ def wasserstein_1d(x: torch.Tensor, y: torch.Tensor, p: int = 1) -> torch.Tensor
     return reference.wasserstein_1d(x, y, p)
 
 
+def normalized_wasserstein_1d(x: torch.Tensor, y: torch.Tensor, p: int = 1) -> torch.Tensor:
+    r"""Per-channel :math:`W_p^p` over positions of features L2-normalized over channels, fused.
+
+    Each position's channel vector is scaled to unit L2 norm (``f / (||f|| + 1e-10)``, as LPIPS) on
+    the fly inside the kernel, then channel ``c`` of ``x`` is compared with channel ``c`` of ``y`` as
+    distributions over positions. No normalized copy of the features is stored.
+
+    Args:
+        x: ``(B, C, N)`` features (e.g. a ``(B, C, H, W)`` map reshaped), float dtypes as
+            :func:`wasserstein_1d`.
+        y: ``(B, C, M)``, same B, C, dtype and device.
+        p: 1 or 2.
+
+    Returns:
+        ``(B, C)``.
+
+    The gradient at an all-zero position is taken as 0 (for ReLU features it is zero there anyway).
+
+    Example:
+        >>> import torch, pdl_ext
+        >>> x, y = torch.rand(2, 16, 100), torch.rand(2, 16, 81)
+        >>> pdl_ext.ops.normalized_wasserstein_1d(x, y).shape
+        torch.Size([2, 16])
+    """
+    fn = "normalized_wasserstein_1d"
+    for name, t, shape in (("x", x, "(B, C, N)"), ("y", y, "(B, C, M)")):
+        if isinstance(t, torch.Tensor) and t.dim() != 3:
+            raise ValueError(f"{fn}: {name} must be {shape}, got shape {tuple(t.shape)}")
+    p = check_wasserstein_1d_inputs(x, y, p, fn)
+    if extension.COMPILED:
+        return torch.ops.pdl_ext.normalized_wasserstein_1d(x, y, p)
+    extension.warn_fallback()
+    return reference.normalized_wasserstein_1d(x, y, p)
+
+
+def _refuse_double_backward() -> None:
+    if torch.is_grad_enabled() and not torch.compiler.is_compiling():
+        # create_graph=True: the saved derivatives carry no graph, so a second derivative would
+        # silently miss the curvature. Refuse rather than return something wrong.
+        raise RuntimeError("pdl_ext: double backward of the wasserstein ops is not supported")
+
+
 if extension.COMPILED:
 
     @torch.library.register_fake("pdl_ext::wasserstein_1d_fwd")
@@ -71,10 +113,7 @@ if extension.COMPILED:
         ctx.save_for_backward(dx, dy)
 
     def _wasserstein_1d_fwd_backward(ctx, grad_loss, _grad_dx, _grad_dy):
-        if torch.is_grad_enabled() and not torch.compiler.is_compiling():
-            # create_graph=True: the saved derivatives carry no graph, so a second derivative would
-            # silently miss the p=2 curvature. Refuse rather than return something wrong.
-            raise RuntimeError("pdl_ext: double backward of wasserstein_1d is not supported")
+        _refuse_double_backward()
         dx, dy = ctx.saved_tensors
         gx = gy = None
         if ctx.needs_input_grad[0]:
@@ -95,12 +134,51 @@ if extension.COMPILED:
     def _wasserstein_1d_bwd_fake(grad, d):
         return d.new_empty(d.shape)
 
-    def _wasserstein_1d_bwd_setup(ctx, inputs, output):
-        pass
+    @torch.library.register_fake("pdl_ext::normalized_wasserstein_1d_fwd")
+    def _normalized_fwd_fake(x, y, p, grad_x, grad_y):
+        torch._check(x.dim() == 3 and y.dim() == 3, lambda: "normalized_wasserstein_1d: x, y must be (B, C, N)")
+        torch._check(x.shape[:2] == y.shape[:2], lambda: "normalized_wasserstein_1d: (B, C) differ")
+        acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+        loss = x.new_empty(x.shape[:2])
+        dx = x.new_empty(x.shape) if grad_x else x.new_empty(0)
+        dy = y.new_empty(y.shape) if grad_y else y.new_empty(0)
+        norm_x = x.new_empty((x.shape[0], x.shape[2]), dtype=acc)
+        norm_y = y.new_empty((y.shape[0], y.shape[2]), dtype=acc)
+        return loss, dx, dy, norm_x, norm_y
 
-    def _wasserstein_1d_bwd_backward(ctx, _grad):
-        raise RuntimeError("pdl_ext: double backward of wasserstein_1d is not supported")
+    def _normalized_fwd_setup(ctx, inputs, output):
+        x, y, _, grad_x, grad_y = inputs
+        _, dx, dy, norm_x, norm_y = output
+        ctx.grad_x, ctx.grad_y = grad_x, grad_y
+        ctx.mark_non_differentiable(dx, dy, norm_x, norm_y)
+        ctx.save_for_backward(x if grad_x else None, y if grad_y else None, dx, dy, norm_x, norm_y)
+
+    def _normalized_fwd_backward(ctx, grad_loss, *_unused):
+        _refuse_double_backward()
+        x, y, dx, dy, norm_x, norm_y = ctx.saved_tensors
+        gx = gy = None
+        if ctx.needs_input_grad[0]:
+            if not ctx.grad_x:
+                raise RuntimeError("normalized_wasserstein_1d_fwd: x requires grad but the op ran with grad_x=False")
+            gx = torch.ops.pdl_ext.normalized_wasserstein_1d_bwd(grad_loss, dx, x, norm_x)
+        if ctx.needs_input_grad[1]:
+            if not ctx.grad_y:
+                raise RuntimeError("normalized_wasserstein_1d_fwd: y requires grad but the op ran with grad_y=False")
+            gy = torch.ops.pdl_ext.normalized_wasserstein_1d_bwd(grad_loss, dy, y, norm_y)
+        return gx, gy, None, None, None
 
     torch.library.register_autograd(
-        "pdl_ext::wasserstein_1d_bwd", _wasserstein_1d_bwd_backward, setup_context=_wasserstein_1d_bwd_setup
+        "pdl_ext::normalized_wasserstein_1d_fwd", _normalized_fwd_backward, setup_context=_normalized_fwd_setup
     )
+
+    @torch.library.register_fake("pdl_ext::normalized_wasserstein_1d_bwd")
+    def _normalized_bwd_fake(grad, g, f, norm):
+        return g.new_empty(g.shape)
+
+    def _no_double_backward(ctx, *grads):
+        raise RuntimeError("pdl_ext: double backward of the wasserstein ops is not supported")
+
+    for _name in ("wasserstein_1d_bwd", "normalized_wasserstein_1d_bwd"):
+        torch.library.register_autograd(
+            f"pdl_ext::{_name}", _no_double_backward, setup_context=lambda ctx, inputs, output: None
+        )

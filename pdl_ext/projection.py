@@ -6,7 +6,8 @@ from typing import Optional, Union
 import torch
 
 from ._checks import check_float, check_p, check_same_dtype_device, check_tensor
-from .ops import wasserstein_1d
+from .ops import normalized_wasserstein_1d, wasserstein_1d
+from .reference import channel_inv_norm
 
 Projection = Union[str, int]
 
@@ -71,23 +72,26 @@ def projected_distance(
     _check_features(fx, fy, fn)
     p = check_p(p, fn)
     b, c = fx.shape[:2]
-    if normalize:
-        fx = fx / (fx.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
-        fy = fy / (fy.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
+    x3, y3 = fx.reshape(b, c, -1), fy.reshape(b, c, -1)
     if projection == "spatial":
-        return wasserstein_1d(fx.reshape(b, c, -1), fy.reshape(b, c, -1), p)
+        # The normalization is fused into the op: no normalized copy of the features is made.
+        return normalized_wasserstein_1d(x3, y3, p) if normalize else wasserstein_1d(x3, y3, p)
     if projection == "channel":
         if fx.shape != fy.shape:
             raise ValueError(
                 f"{fn}: projection='channel' needs fx and fy of equal shape, got {tuple(fx.shape)} and {tuple(fy.shape)}"
             )
-        return wasserstein_1d(fx.reshape(b, c, -1).transpose(1, 2), fy.reshape(b, c, -1).transpose(1, 2), p)
+        if normalize:  # per position, a common scale of all channels: apply it to the rows
+            x3, y3 = x3 * channel_inv_norm(x3), y3 * channel_inv_norm(y3)
+        return wasserstein_1d(x3.transpose(1, 2), y3.transpose(1, 2), p)
     if isinstance(projection, int) and not isinstance(projection, bool) and projection > 0:
         if directions is None:
             directions = random_directions(projection, c, seed, fx.device, fx.dtype)
-        if directions.shape != (projection, c):
+        if tuple(directions.shape) != (projection, c):
             raise ValueError(f"{fn}: directions must have shape ({projection}, {c}), got {tuple(directions.shape)}")
-        px = torch.einsum("kc,bcn->bkn", directions.to(fx.dtype), fx.reshape(b, c, -1))
-        py = torch.einsum("kc,bcn->bkn", directions.to(fy.dtype), fy.reshape(b, c, -1))
+        px = torch.einsum("kc,bcn->bkn", directions.to(fx.dtype), x3)
+        py = torch.einsum("kc,bcn->bkn", directions.to(fy.dtype), y3)
+        if normalize:  # <d, f / |f|> = <d, f> / |f|: scale the projections, not the features
+            px, py = px * channel_inv_norm(x3), py * channel_inv_norm(y3)
         return wasserstein_1d(px, py, p)
     raise ValueError(f"{fn}: projection must be 'spatial', 'channel' or a positive int, got {projection!r}")

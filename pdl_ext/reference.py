@@ -38,3 +38,29 @@ def wasserstein_1d(x: torch.Tensor, y: torch.Tensor, p: int = 1) -> torch.Tensor
     cost = d.abs() if p == 1 else d * d
     weights = (ends - starts).to(cost.dtype) / (n * m)
     return (cost * weights).sum(-1).to(dtype)
+
+
+NORM_EPS = 1e-10
+
+
+def channel_inv_norm(f: torch.Tensor) -> torch.Tensor:
+    """1 / (||f||_2 over dim 1 + 1e-10), keeping dim 1; 0 (and no gradient) at all-zero positions."""
+    s = f.pow(2).sum(1, keepdim=True)
+    nonzero = s > 0
+    r = torch.where(nonzero, s, torch.ones_like(s)).sqrt()  # no inf * 0 in the backward at s = 0
+    return torch.where(nonzero, 1.0 / (r + NORM_EPS), torch.zeros_like(s))
+
+
+def normalize_channels(f: torch.Tensor) -> torch.Tensor:
+    """f / (||f||_2 over dim 1 + 1e-10), as LPIPS; gradient 0 at all-zero positions (as the kernels)."""
+    return f * channel_inv_norm(f)
+
+
+def normalized_wasserstein_1d(x: torch.Tensor, y: torch.Tensor, p: int = 1) -> torch.Tensor:
+    """Per-channel W_p^p over positions of L2-normalized features: x (B, C, N), y (B, C, M) -> (B, C)."""
+    if x.dim() != 3 or y.dim() != 3:
+        raise ValueError(
+            f"normalized_wasserstein_1d: x and y must be (B, C, N) and (B, C, M), got {tuple(x.shape)} and {tuple(y.shape)}"
+        )
+    xo, yo = _opmath(x), _opmath(y)
+    return wasserstein_1d(normalize_channels(xo), normalize_channels(yo), p).to(x.dtype)

@@ -1,15 +1,14 @@
-// LSD radix sort of short arrays on one CPU thread, for the per-row sorts of the CPU kernels.
+// LSD radix sort on one CPU thread, for the per-row sorts of the CPU kernels.
 //
-// Items are sorted by an unsigned key extracted from each item; the sort is stable, so items that
-// carry their position (packed in the low bits or in a field) come out in (key, position) order,
-// the order torch.sort(stable=True) gives. Passes in which every key shares the digit are skipped
-// (common for the high bytes of float keys from one feature map).
+// Items are unsigned words (or small structs) sorted by a bit field; the sort is stable, so items
+// that carry their position in lower bits come out in (key, position) order, the order
+// torch.sort(stable=True) gives. Passes in which every item shares the digit are skipped (common
+// for the high bytes of float keys from one feature map).
 #pragma once
 
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
-#include <vector>
 
 namespace pdl_ext {
 namespace cpu {
@@ -28,42 +27,61 @@ inline void insertion_sort(Item* a, int64_t n, Less less) {
   }
 }
 
-// Sorts a[0, n) by key(item) in kKeyBits bits, kRadix bits per pass, using tmp[0, n) as scratch.
-// Returns the buffer that holds the sorted result (a or tmp). `hist` must hold
-// (kKeyBits / kRadix rounded up) << kRadix counters.
-template <int kKeyBits, int kRadix, typename Item, typename GetKey>
-inline Item* radix_sort(Item* a, Item* tmp, int64_t n, GetKey key, uint32_t* hist) {
-  constexpr int kPasses = (kKeyBits + kRadix - 1) / kRadix;
-  constexpr uint32_t kBuckets = 1u << kRadix;
-  constexpr uint64_t kMask = kBuckets - 1;
-  std::memset(hist, 0, sizeof(uint32_t) * kPasses * kBuckets);
-  for (int64_t i = 0; i < n; ++i) {
-    const uint64_t k = static_cast<uint64_t>(key(a[i]));
-#pragma GCC unroll 8
-    for (int pass = 0; pass < kPasses; ++pass) {
-      ++hist[pass * kBuckets + ((k >> (pass * kRadix)) & kMask)];
+// Histograms of `passes` digits of kRadix bits, starting at bit `lo` of key(item). Callers fill
+// them while they load the items (one read less), then call radix_passes.
+template <int kRadix>
+struct RadixHistogram {
+  static constexpr uint32_t kBuckets = 1u << kRadix;
+  static constexpr uint64_t kMask = kBuckets - 1;
+  uint32_t* counts;  // passes * kBuckets counters
+  int lo;
+  int passes;
+
+  void clear() const { std::memset(counts, 0, sizeof(uint32_t) * passes * kBuckets); }
+  inline void add(uint64_t k) const {
+    k >>= lo;
+    for (int pass = 0; pass < passes; ++pass) {
+      ++counts[pass * kBuckets + (k & kMask)];
+      k >>= kRadix;
     }
   }
+};
+
+// Scatters a[0, n) by the histogrammed digits, using tmp[0, n) as scratch; returns the buffer that
+// holds the sorted items (a or tmp).
+template <int kRadix, typename Item, typename GetKey>
+inline Item* radix_passes(Item* a, Item* tmp, int64_t n, GetKey key, const RadixHistogram<kRadix>& h) {
+  constexpr uint32_t kBuckets = RadixHistogram<kRadix>::kBuckets;
+  constexpr uint64_t kMask = RadixHistogram<kRadix>::kMask;
   Item* src = a;
   Item* dst = tmp;
-  for (int pass = 0; pass < kPasses; ++pass) {
-    uint32_t* h = hist + pass * kBuckets;
-    const uint64_t first_digit = (static_cast<uint64_t>(key(src[0])) >> (pass * kRadix)) & kMask;
-    if (h[first_digit] == static_cast<uint32_t>(n)) continue;  // every key has this digit
+  if (n <= 1) return src;
+  for (int pass = 0; pass < h.passes; ++pass) {
+    uint32_t* c = h.counts + pass * kBuckets;
+    const int shift = h.lo + pass * kRadix;
+    if (c[(static_cast<uint64_t>(key(src[0])) >> shift) & kMask] == static_cast<uint32_t>(n)) continue;
     uint32_t sum = 0;
     for (uint32_t b = 0; b < kBuckets; ++b) {
-      const uint32_t c = h[b];
-      h[b] = sum;
-      sum += c;
+      const uint32_t v = c[b];
+      c[b] = sum;
+      sum += v;
     }
-    const int shift = pass * kRadix;
     for (int64_t i = 0; i < n; ++i) {
       const Item v = src[i];
-      dst[h[(static_cast<uint64_t>(key(v)) >> shift) & kMask]++] = v;
+      dst[c[(static_cast<uint64_t>(key(v)) >> shift) & kMask]++] = v;
     }
     std::swap(src, dst);
   }
   return src;
+}
+
+// Sorts a[0, n) by all kKeyBits bits of key(item) (histogram computed here).
+template <int kKeyBits, int kRadix, typename Item, typename GetKey>
+inline Item* radix_sort(Item* a, Item* tmp, int64_t n, GetKey key, uint32_t* counts) {
+  const RadixHistogram<kRadix> h{counts, 0, (kKeyBits + kRadix - 1) / kRadix};
+  h.clear();
+  for (int64_t i = 0; i < n; ++i) h.add(static_cast<uint64_t>(key(a[i])));
+  return radix_passes<kRadix>(a, tmp, n, key, h);
 }
 
 }  // namespace cpu

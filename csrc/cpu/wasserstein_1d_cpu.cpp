@@ -12,6 +12,7 @@
 #include <ATen/OpMathType.h>
 #include <c10/util/irange.h>
 
+#include <algorithm>
 #include <limits>
 #include <type_traits>
 #include <vector>
@@ -23,85 +24,92 @@ namespace pdl_ext {
 namespace cpu {
 namespace {
 
-// A 64-bit key with its position, for float64 rows (float32 rows pack both into one uint64).
+// Row loaders: row(r) gives a view whose operator()(i) is element i of row r in opmath precision.
+// The normalizing loader scales each element by 1 / (||f[b, :, n]|| + eps) on the fly, so the
+// normalized features are never stored.
+template <typename scalar_t>
+struct PlainRows {
+  using A = at::opmath_type<scalar_t>;
+  const scalar_t* data;
+  int64_t n;
+  struct Row {
+    const scalar_t* p;
+    A operator()(int64_t i) const { return static_cast<A>(p[i]); }
+  };
+  Row row(int64_t r) const { return Row{data + r * n}; }
+};
+
+template <typename scalar_t>
+struct NormalizedRows {
+  using A = at::opmath_type<scalar_t>;
+  const scalar_t* data;  // (B, C, n)
+  const A* inv_norm;     // (B, n): 1 / (||f[b, :, i]|| + eps)
+  int64_t n, channels;
+  struct Row {
+    const scalar_t* p;
+    const A* s;
+    A operator()(int64_t i) const { return static_cast<A>(p[i]) * s[i]; }
+  };
+  Row row(int64_t r) const { return Row{data + r * n, inv_norm + (r / channels) * n}; }
+};
+
+// 64-bit keys (float64): one row at a time, items (key, position) or keys alone.
 struct KeyPos64 {
   uint64_t key;
   int32_t pos;
 };
 
-constexpr int64_t kInsertionMax = 32;   // rows up to this length: insertion sort
+constexpr int64_t kInsertionMax = 32;     // rows up to this length: insertion sort
 constexpr int64_t kSmallRadixMax = 4096;  // rows up to this length: 8-bit digits (small histograms)
-constexpr int kHistCounters = 6 << 11;    // enough for 64-bit keys in 11-bit digits (the largest)
+constexpr int kHistCounters = 6 << 11;    // 64-bit keys in 11-bit digits
 
-template <typename A>
-struct RowSort {
-  using Key = typename KeyTraits<A>::Key;
-  static constexpr int kKeyBits = KeyTraits<A>::kBits;
-  // float32 keys: (key << 32 | position) in one word, so a plain integer compare is (key, position).
-  using PosItem = std::conditional_t<kKeyBits == 32, uint64_t, KeyPos64>;
-
-  static PosItem make(Key k, int32_t pos) {
-    if constexpr (kKeyBits == 32) {
-      return (static_cast<uint64_t>(k) << 32) | static_cast<uint32_t>(pos);
-    } else {
-      return KeyPos64{k, pos};
-    }
-  }
-  static Key key_of(const PosItem& it) {
-    if constexpr (kKeyBits == 32) {
-      return static_cast<Key>(it >> 32);
-    } else {
-      return it.key;
-    }
-  }
-  static int32_t pos_of(const PosItem& it) {
-    if constexpr (kKeyBits == 32) {
-      return static_cast<int32_t>(static_cast<uint32_t>(it));
-    } else {
-      return it.pos;
-    }
-  }
-
+struct RowSort64 {
   template <typename Item, typename GetKey, typename Less>
-  static Item* sort(Item* a, Item* tmp, int64_t n, GetKey key, Less less, uint32_t* hist) {
+  static const Item* sort(Item* a, Item* tmp, int64_t n, GetKey key, Less less, uint32_t* hist) {
     if (n <= kInsertionMax) {
       insertion_sort(a, n, less);
       return a;
     }
-    if (n <= kSmallRadixMax) return radix_sort<kKeyBits, 8>(a, tmp, n, key, hist);
-    return radix_sort<kKeyBits, 11>(a, tmp, n, key, hist);
+    if (n <= kSmallRadixMax) return radix_sort<64, 8>(a, tmp, n, key, hist);
+    return radix_sort<64, 11>(a, tmp, n, key, hist);
   }
 
-  // Loads a row, reports NaN, and sorts (key, position) items; returns the sorted buffer.
-  template <typename scalar_t>
-  static const PosItem* sort_with_pos(const scalar_t* src, int64_t n, PosItem* a, PosItem* tmp,
-                                      uint32_t* hist, bool& has_nan) {
+  template <typename RowView>
+  static const KeyPos64* sort_with_pos(RowView row, int64_t n, KeyPos64* a, KeyPos64* tmp, uint32_t* hist,
+                                       bool& has_nan) {
     for (int64_t i = 0; i < n; ++i) {
-      const A v = static_cast<A>(src[i]);
+      const double v = row(i);
       has_nan |= (v != v);
-      a[i] = make(KeyTraits<A>::to_key(v), static_cast<int32_t>(i));
+      a[i] = KeyPos64{KeyTraits<double>::to_key(v), static_cast<int32_t>(i)};
     }
     if (has_nan) return a;
-    auto less = [](const PosItem& u, const PosItem& v) {
-      const Key ku = key_of(u), kv = key_of(v);
-      return ku < kv || (ku == kv && pos_of(u) < pos_of(v));
+    auto less = [](const KeyPos64& u, const KeyPos64& v) {
+      return u.key < v.key || (u.key == v.key && u.pos < v.pos);
     };
-    return sort(a, tmp, n, [](const PosItem& it) { return key_of(it); }, less, hist);
+    return sort(a, tmp, n, [](const KeyPos64& it) { return it.key; }, less, hist);
   }
 
-  // Loads a row, reports NaN, and sorts its keys only (no positions: no gradient wanted).
-  template <typename scalar_t>
-  static const Key* sort_keys(const scalar_t* src, int64_t n, Key* a, Key* tmp, uint32_t* hist,
-                              bool& has_nan) {
+  template <typename RowView>
+  static const uint64_t* sort_keys(RowView row, int64_t n, uint64_t* a, uint64_t* tmp, uint32_t* hist,
+                                   bool& has_nan) {
     for (int64_t i = 0; i < n; ++i) {
-      const A v = static_cast<A>(src[i]);
+      const double v = row(i);
       has_nan |= (v != v);
-      a[i] = KeyTraits<A>::to_key(v);
+      a[i] = KeyTraits<double>::to_key(v);
     }
     if (has_nan) return a;
-    return sort(a, tmp, n, [](Key k) { return k; }, [](Key u, Key v) { return u < v; }, hist);
+    return sort(a, tmp, n, [](uint64_t k) { return k; }, [](uint64_t u, uint64_t v) { return u < v; }, hist);
   }
 };
+
+template <typename scalar_t>
+void write_nan_row(int64_t r, int64_t n, int64_t m, scalar_t* loss, scalar_t* dxr, scalar_t* dyr) {
+  // Documented policy: NaN anywhere in a row pair makes its distance and gradients NaN.
+  const scalar_t nan = std::numeric_limits<scalar_t>::quiet_NaN();
+  loss[r] = nan;
+  if (dxr != nullptr) std::fill(dxr, dxr + n, nan);
+  if (dyr != nullptr) std::fill(dyr, dyr + m, nan);
+}
 
 // Matches sorted atoms of x (n) and y (m): returns W_p^p and writes the gradients (if asked).
 template <typename A, typename scalar_t, typename XV, typename XP, typename YV, typename YP>
@@ -145,57 +153,146 @@ double match_row(int64_t n, int64_t m, int p, XV xv, XP xp, YV yv, YP yp, scalar
   return sum / total;
 }
 
-template <typename scalar_t>
-void forward_rows(const scalar_t* x, const scalar_t* y, int64_t rows, int64_t n, int64_t m, int p,
-                  scalar_t* loss, scalar_t* dx, scalar_t* dy) {
-  using A = at::opmath_type<scalar_t>;
-  using RS = RowSort<A>;
-  using Key = typename RS::Key;
-  using PosItem = typename RS::PosItem;
+template <typename scalar_t, typename XL, typename YL>
+void forward_rows_f64(XL xl, YL yl, int64_t rows, int64_t n, int64_t m, int p, scalar_t* loss, scalar_t* dx,
+                      scalar_t* dy) {
+  using A = double;
+  auto from_key = [](uint64_t k) { return KeyTraits<double>::from_key(k); };
   const int64_t grain = std::max<int64_t>(1, 32768 / (n + m));
   at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
     // Scratch reused by every row of this chunk.
-    std::vector<PosItem> xa(n), xt(n);
-    std::vector<PosItem> ya(dy != nullptr ? m : 0), yt(dy != nullptr ? m : 0);
-    std::vector<Key> yk(dy != nullptr ? 0 : m), ykt(dy != nullptr ? 0 : m);
+    std::vector<KeyPos64> xa(n), xt(n);
+    std::vector<KeyPos64> ya(dy != nullptr ? m : 0), yt(dy != nullptr ? m : 0);
+    std::vector<uint64_t> yk(dy != nullptr ? 0 : m), ykt(dy != nullptr ? 0 : m);
     std::vector<uint32_t> hist(kHistCounters);
     for (int64_t r = begin; r < end; ++r) {
-      const scalar_t* xr = x + r * n;
-      const scalar_t* yr = y + r * m;
       scalar_t* dxr = dx != nullptr ? dx + r * n : nullptr;
       scalar_t* dyr = dy != nullptr ? dy + r * m : nullptr;
       bool has_nan = false;
-      const PosItem* sx = RS::sort_with_pos(xr, n, xa.data(), xt.data(), hist.data(), has_nan);
-      auto xv = [sx](int64_t i) { return KeyTraits<A>::from_key(RS::key_of(sx[i])); };
-      auto xp = [sx](int64_t i) { return RS::pos_of(sx[i]); };
-      double w;
+      const KeyPos64* sx = RowSort64::sort_with_pos(xl.row(r), n, xa.data(), xt.data(), hist.data(), has_nan);
+      auto xv = [&](int64_t i) { return from_key(sx[i].key); };
+      auto xp = [&](int64_t i) { return sx[i].pos; };
+      double w = 0.0;
       if (dyr != nullptr) {
-        const PosItem* sy = has_nan ? nullptr
-                                    : RS::sort_with_pos(yr, m, ya.data(), yt.data(), hist.data(), has_nan);
-        w = has_nan ? 0.0
-                    : match_row<A>(
-                          n, m, p, xv, xp,
-                          [sy](int64_t j) { return KeyTraits<A>::from_key(RS::key_of(sy[j])); },
-                          [sy](int64_t j) { return RS::pos_of(sy[j]); }, dxr, dyr);
+        const KeyPos64* sy = RowSort64::sort_with_pos(yl.row(r), m, ya.data(), yt.data(), hist.data(), has_nan);
+        if (!has_nan) {
+          w = match_row<A>(n, m, p, xv, xp, [&](int64_t j) { return from_key(sy[j].key); },
+                           [&](int64_t j) { return sy[j].pos; }, dxr, dyr);
+        }
       } else {
-        const Key* sy = has_nan ? nullptr
-                                : RS::sort_keys(yr, m, yk.data(), ykt.data(), hist.data(), has_nan);
-        w = has_nan ? 0.0
-                    : match_row<A>(
-                          n, m, p, xv, xp, [sy](int64_t j) { return KeyTraits<A>::from_key(sy[j]); },
-                          [](int64_t) { return int32_t(0); }, dxr, static_cast<scalar_t*>(nullptr));
+        const uint64_t* sy = RowSort64::sort_keys(yl.row(r), m, yk.data(), ykt.data(), hist.data(), has_nan);
+        if (!has_nan) {
+          w = match_row<A>(n, m, p, xv, xp, [&](int64_t j) { return from_key(sy[j]); },
+                           [](int64_t) { return int32_t(0); }, dxr, static_cast<scalar_t*>(nullptr));
+        }
       }
       if (has_nan) {
-        // Documented policy: NaN anywhere in a row pair makes its distance and gradients NaN.
-        const scalar_t nan = std::numeric_limits<scalar_t>::quiet_NaN();
-        loss[r] = nan;
-        if (dxr != nullptr) std::fill(dxr, dxr + n, nan);
-        if (dyr != nullptr) std::fill(dyr, dyr + m, nan);
+        write_nan_row(r, n, m, loss, dxr, dyr);
       } else {
         loss[r] = static_cast<scalar_t>(w);
       }
     }
   });
+}
+
+inline int bit_width(uint64_t v) { return v == 0 ? 0 : 64 - __builtin_clzll(v); }
+
+// 32-bit keys (float32, and float16/bfloat16 widened to float32): rows are sorted in groups of about
+// kGroupItems items, each item one word (row in group | key | position), so that short rows share
+// one radix sort (and its histogram cost) instead of paying it row by row.
+constexpr int64_t kGroupItems = 8192;
+
+struct PackedRows {
+  int pos_bits;  // 0 when positions are not needed (no gradient for this side)
+
+  uint32_t key(uint64_t item) const { return static_cast<uint32_t>(item >> pos_bits); }
+  int32_t pos(uint64_t item) const {
+    return static_cast<int32_t>(item & ((uint64_t(1) << pos_bits) - 1));
+  }
+
+  // Loads rows [r0, r0 + rows) of length n (NaN flags or'ed into has_nan[r - r0]) and sorts them by
+  // (row, key, position); returns the sorted buffer (a or tmp). Row r0 + k occupies [k n, (k + 1) n).
+  template <int kRadix, typename Loader>
+  const uint64_t* load_and_sort(const Loader& load, int64_t r0, int64_t rows, int64_t n, uint64_t* a,
+                                uint64_t* tmp, uint32_t* counts, uint8_t* has_nan) const {
+    const int key_bits = 32 + bit_width(static_cast<uint64_t>(rows - 1));
+    const RadixHistogram<kRadix> h{counts, pos_bits, (key_bits + kRadix - 1) / kRadix};
+    const uint64_t pos_mask = pos_bits > 0 ? ~uint64_t(0) : 0;  // no position field to fill
+    h.clear();
+    for (int64_t k = 0; k < rows; ++k) {
+      const auto row = load.row(r0 + k);
+      uint64_t* out = a + k * n;
+      const uint64_t row_field = static_cast<uint64_t>(k) << (32 + pos_bits);
+      bool nan = false;
+      for (int64_t i = 0; i < n; ++i) {
+        const float v = row(i);
+        nan |= (v != v);
+        const uint64_t item = row_field | (static_cast<uint64_t>(KeyTraits<float>::to_key(v)) << pos_bits) |
+                              (static_cast<uint64_t>(i) & pos_mask);
+        out[i] = item;
+        h.add(item);
+      }
+      has_nan[k] |= nan;
+    }
+    return radix_passes<kRadix>(a, tmp, rows * n, [](uint64_t v) { return v; }, h);
+  }
+
+  template <typename Loader>
+  const uint64_t* sort(const Loader& load, int64_t r0, int64_t rows, int64_t n, uint64_t* a, uint64_t* tmp,
+                       uint32_t* counts, uint8_t* has_nan) const {
+    if (rows * n >= 2048) return load_and_sort<11>(load, r0, rows, n, a, tmp, counts, has_nan);
+    return load_and_sort<8>(load, r0, rows, n, a, tmp, counts, has_nan);
+  }
+};
+
+template <typename scalar_t, typename XL, typename YL>
+void forward_rows_f32(XL xl, YL yl, int64_t rows, int64_t n, int64_t m, int p, scalar_t* loss, scalar_t* dx,
+                      scalar_t* dy) {
+  using A = float;
+  const int64_t group = std::clamp<int64_t>(kGroupItems / std::max(n, m), 1, std::max<int64_t>(rows, 1));
+  const int64_t num_groups = (rows + group - 1) / group;
+  const PackedRows px{dx != nullptr ? bit_width(static_cast<uint64_t>(n - 1)) : 0};
+  const PackedRows py{dy != nullptr ? bit_width(static_cast<uint64_t>(m - 1)) : 0};
+  at::parallel_for(0, num_groups, 1, [&](int64_t begin, int64_t end) {
+    // Scratch reused by every group of this chunk.
+    std::vector<uint64_t> xa(group * n), xt(group * n), ya(group * m), yt(group * m);
+    std::vector<uint32_t> counts(5 << 11);  // up to 32 key + 13 row bits in 11-bit digits
+    std::vector<uint8_t> has_nan(group);
+    for (int64_t g = begin; g < end; ++g) {
+      const int64_t r0 = g * group;
+      const int64_t gr = std::min(group, rows - r0);
+      std::fill(has_nan.begin(), has_nan.end(), uint8_t(0));
+      const uint64_t* sx = px.sort(xl, r0, gr, n, xa.data(), xt.data(), counts.data(), has_nan.data());
+      const uint64_t* sy = py.sort(yl, r0, gr, m, ya.data(), yt.data(), counts.data(), has_nan.data());
+      for (int64_t k = 0; k < gr; ++k) {
+        const int64_t r = r0 + k;
+        scalar_t* dxr = dx != nullptr ? dx + r * n : nullptr;
+        scalar_t* dyr = dy != nullptr ? dy + r * m : nullptr;
+        if (has_nan[k]) {
+          write_nan_row(r, n, m, loss, dxr, dyr);
+          continue;
+        }
+        const uint64_t* rx = sx + k * n;
+        const uint64_t* ry = sy + k * m;
+        loss[r] = static_cast<scalar_t>(match_row<A>(
+            n, m, p, [&](int64_t i) { return KeyTraits<float>::from_key(px.key(rx[i])); },
+            [&](int64_t i) { return px.pos(rx[i]); },
+            [&](int64_t j) { return KeyTraits<float>::from_key(py.key(ry[j])); },
+            [&](int64_t j) { return py.pos(ry[j]); }, dxr, dyr));
+      }
+    }
+  });
+}
+
+// Runs the float32 (grouped) or float64 (per-row) forward on the given row loaders.
+template <typename scalar_t, typename XL, typename YL>
+void forward_rows(XL xl, YL yl, int64_t rows, int64_t n, int64_t m, int p, scalar_t* loss, scalar_t* dx,
+                  scalar_t* dy) {
+  if constexpr (std::is_same_v<at::opmath_type<scalar_t>, double>) {
+    forward_rows_f64<scalar_t>(xl, yl, rows, n, m, p, loss, dx, dy);
+  } else {
+    forward_rows_f32<scalar_t>(xl, yl, rows, n, m, p, loss, dx, dy);
+  }
 }
 
 }  // namespace
@@ -214,12 +311,93 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> wasserstein_1d_fwd_cpu(const at::
   at::Tensor dy = grad_y ? at::empty_like(yc) : at::empty({0}, y.options());
   if (rows == 0) return {loss, dx, dy};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "wasserstein_1d_fwd_cpu", [&] {
-    forward_rows<scalar_t>(xc.const_data_ptr<scalar_t>(), yc.const_data_ptr<scalar_t>(), rows, n, m,
+    forward_rows<scalar_t>(PlainRows<scalar_t>{xc.const_data_ptr<scalar_t>(), n},
+                           PlainRows<scalar_t>{yc.const_data_ptr<scalar_t>(), m}, rows, n, m,
                            static_cast<int>(p), loss.mutable_data_ptr<scalar_t>(),
                            grad_x ? dx.mutable_data_ptr<scalar_t>() : nullptr,
                            grad_y ? dy.mutable_data_ptr<scalar_t>() : nullptr);
   });
   return {loss, dx, dy};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> normalized_wasserstein_1d_fwd_cpu(
+    const at::Tensor& x, const at::Tensor& y, int64_t p, bool grad_x, bool grad_y) {
+  check_normalized_wasserstein_1d_inputs(x, y, p);
+  const int64_t channels = x.size(1);
+  const int64_t n = x.size(2);
+  const int64_t m = y.size(2);
+  const at::Tensor xc = x.contiguous();
+  const at::Tensor yc = y.contiguous();
+  const auto acc = at::toOpMathType(x.scalar_type());
+  // Per-position norms over channels, (B, N): small (1/C of the features); kept for the backward.
+  at::Tensor norm_x = at::linalg_vector_norm(xc, 2, {1}, false, acc);
+  at::Tensor norm_y = at::linalg_vector_norm(yc, 2, {1}, false, acc);
+  const at::Tensor inv_x = (norm_x + kNormEps).reciprocal();
+  const at::Tensor inv_y = (norm_y + kNormEps).reciprocal();
+  const int64_t rows = x.size(0) * channels;
+  at::Tensor loss = at::empty({x.size(0), channels}, x.options());
+  at::Tensor dx = grad_x ? at::empty_like(xc) : at::empty({0}, x.options());
+  at::Tensor dy = grad_y ? at::empty_like(yc) : at::empty({0}, y.options());
+  if (rows == 0) return {loss, dx, dy, norm_x, norm_y};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "normalized_wasserstein_1d_fwd_cpu", [&] {
+    using A = at::opmath_type<scalar_t>;
+    forward_rows<scalar_t>(
+        NormalizedRows<scalar_t>{xc.const_data_ptr<scalar_t>(), inv_x.const_data_ptr<A>(), n, channels},
+        NormalizedRows<scalar_t>{yc.const_data_ptr<scalar_t>(), inv_y.const_data_ptr<A>(), m, channels}, rows, n, m,
+        static_cast<int>(p), loss.mutable_data_ptr<scalar_t>(), grad_x ? dx.mutable_data_ptr<scalar_t>() : nullptr,
+        grad_y ? dy.mutable_data_ptr<scalar_t>() : nullptr);
+  });
+  return {loss, dx, dy, norm_x, norm_y};
+}
+
+at::Tensor normalized_wasserstein_1d_bwd_cpu(const at::Tensor& grad, const at::Tensor& g, const at::Tensor& f,
+                                             const at::Tensor& norm) {
+  TORCH_CHECK(g.dim() == 3 && f.sizes() == g.sizes(), "normalized_wasserstein_1d_bwd: g and f must be (B, C, N) "
+              "of equal shape, got ", g.sizes(), " and ", f.sizes());
+  TORCH_CHECK(grad.sizes() == g.sizes().slice(0, 2), "normalized_wasserstein_1d_bwd: grad must be (B, C) = ",
+              g.sizes().slice(0, 2), ", got ", grad.sizes());
+  TORCH_CHECK(norm.dim() == 2 && norm.size(0) == g.size(0) && norm.size(1) == g.size(2),
+              "normalized_wasserstein_1d_bwd: norm must be (B, N), got ", norm.sizes());
+  const int64_t batch = g.size(0), channels = g.size(1), n = g.size(2);
+  const at::Tensor gc = g.contiguous(), fc = f.contiguous().to(g.scalar_type());
+  const at::Tensor nc = norm.contiguous().to(at::toOpMathType(g.scalar_type()));
+  const at::Tensor grad_c = grad.contiguous().to(nc.scalar_type());
+  at::Tensor out = at::empty_like(gc);
+  if (out.numel() == 0) return out;
+  constexpr int64_t kChunk = 1024;  // positions per task: a reduction over channels per position
+  const int64_t chunks = (n + kChunk - 1) / kChunk;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "normalized_wasserstein_1d_bwd_cpu", [&] {
+    using A = at::opmath_type<scalar_t>;
+    const scalar_t* gp = gc.const_data_ptr<scalar_t>();
+    const scalar_t* fp = fc.const_data_ptr<scalar_t>();
+    const A* np = nc.const_data_ptr<A>();
+    const A* wp = grad_c.const_data_ptr<A>();
+    scalar_t* op = out.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, batch * chunks, 1, [&](int64_t begin, int64_t end) {
+      std::vector<A> s(kChunk);
+      for (int64_t t = begin; t < end; ++t) {
+        const int64_t b = t / chunks;
+        const int64_t n0 = (t % chunks) * kChunk;
+        const int64_t len = std::min(kChunk, n - n0);
+        std::fill(s.begin(), s.begin() + len, A(0));
+        for (int64_t c = 0; c < channels; ++c) {
+          const A w = wp[b * channels + c];
+          const int64_t base = (b * channels + c) * n + n0;
+          for (int64_t i = 0; i < len; ++i) s[i] += w * static_cast<A>(gp[base + i]) * static_cast<A>(fp[base + i]);
+        }
+        const A* r = np + b * n + n0;
+        for (int64_t c = 0; c < channels; ++c) {
+          const A w = wp[b * channels + c];
+          const int64_t base = (b * channels + c) * n + n0;
+          for (int64_t i = 0; i < len; ++i) {
+            op[base + i] = static_cast<scalar_t>(
+                normalize_grad<A>(w * static_cast<A>(gp[base + i]), static_cast<A>(fp[base + i]), s[i], r[i]));
+          }
+        }
+      }
+    });
+  });
+  return out;
 }
 
 }  // namespace cpu

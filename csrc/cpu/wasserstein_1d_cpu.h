@@ -10,5 +10,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> wasserstein_1d_fwd_cpu(const at::
                                                                       const at::Tensor& y, int64_t p,
                                                                       bool grad_x, bool grad_y);
 
+// Fused L2 normalization over channels, then per-channel W_p^p over positions. x (B, C, N), y (B, C, M):
+// (W (B, C), dW/du_x or empty, dW/du_y or empty, ||x|| (B, N), ||y|| (B, M)), u the normalized features.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> normalized_wasserstein_1d_fwd_cpu(
+    const at::Tensor& x, const at::Tensor& y, int64_t p, bool grad_x, bool grad_y);
+
+// grad (B, C), g = dW/du (B, C, N), f (B, C, N), norm (B, N) -> dL/df (B, C, N).
+at::Tensor normalized_wasserstein_1d_bwd_cpu(const at::Tensor& grad, const at::Tensor& g, const at::Tensor& f,
+                                             const at::Tensor& norm);
+
 }  // namespace cpu
 }  // namespace pdl_ext
