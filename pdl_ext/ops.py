@@ -110,10 +110,13 @@ if extension.COMPILED:
         _, dx, dy = output
         ctx.grad_x, ctx.grad_y = grad_x, grad_y
         ctx.mark_non_differentiable(dx, dy)
+        ctx.set_materialize_grads(False)  # no zero-filled x-sized gradients for dx and dy
         ctx.save_for_backward(dx, dy)
 
     def _wasserstein_1d_fwd_backward(ctx, grad_loss, _grad_dx, _grad_dy):
         _refuse_double_backward()
+        if grad_loss is None:
+            return None, None, None, None, None
         dx, dy = ctx.saved_tensors
         gx = gy = None
         if ctx.needs_input_grad[0]:
@@ -151,10 +154,13 @@ if extension.COMPILED:
         _, dx, dy, norm_x, norm_y = output
         ctx.grad_x, ctx.grad_y = grad_x, grad_y
         ctx.mark_non_differentiable(dx, dy, norm_x, norm_y)
+        ctx.set_materialize_grads(False)
         ctx.save_for_backward(x if grad_x else None, y if grad_y else None, dx, dy, norm_x, norm_y)
 
     def _normalized_fwd_backward(ctx, grad_loss, *_unused):
         _refuse_double_backward()
+        if grad_loss is None:
+            return None, None, None, None, None
         x, y, dx, dy, norm_x, norm_y = ctx.saved_tensors
         gx = gy = None
         if ctx.needs_input_grad[0]:
