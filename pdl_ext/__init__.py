@@ -5,7 +5,29 @@ Import order matters: the extension registers the torch ops, ops.py attaches fak
 __version__ = "0.1.0"
 
 from .extension import extension_info
-from .ops import wasserstein_1d
+from .ops import normalized_wasserstein_1d, wasserstein_1d
 from .projection import projected_distance
+from .pdl import PDLLoss
+from .vgg import VGGFeatures
+from .nima import NIMA, EMDLoss, NIMALoss, emd_loss, mean_score, std_score
+from .weights import load_state_dict, save_state_dict
+from . import functional
 
-__all__ = ["__version__", "extension_info", "projected_distance", "wasserstein_1d"]
+__all__ = [
+    "__version__",
+    "extension_info",
+    "wasserstein_1d",
+    "normalized_wasserstein_1d",
+    "projected_distance",
+    "PDLLoss",
+    "VGGFeatures",
+    "NIMA",
+    "NIMALoss",
+    "EMDLoss",
+    "emd_loss",
+    "mean_score",
+    "std_score",
+    "load_state_dict",
+    "save_state_dict",
+    "functional",
+]

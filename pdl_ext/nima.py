@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ._checks import check_float, check_reduction, check_same_dtype_device, check_tensor, reduce
+from .pixel import PIXEL_LOSSES, pixel_loss_per_sample
 from .vgg import VGGFeatures
 from .weights import load_state_dict
 
@@ -280,7 +281,7 @@ class NIMA(nn.Module):
         return f"backbone={self.backbone_name!r}, num_features={self.num_features}, num_bins={self.num_bins}"
 
 
-_FIDELITIES = ("l1", "l2", "charbonnier")
+_FIDELITIES = PIXEL_LOSSES
 
 
 class NIMALoss(nn.Module):
@@ -358,16 +359,6 @@ class NIMALoss(nn.Module):
         """Per-sample ``(max_score - mean_score(NIMA(output))) / (max_score - 1)``, shape ``(B,)``."""
         return (self.max_score - mean_score(self.nima(output))) / (self.max_score - 1.0)
 
-    def _fidelity(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        d = output - target
-        if self.fidelity == "l1":
-            e = d.abs()
-        elif self.fidelity == "l2":
-            e = d.square()
-        else:
-            e = (d.square() + self.eps**2).sqrt()
-        return e.flatten(1).mean(1)
-
     def forward(self, output: torch.Tensor, target: Optional[torch.Tensor] = None) -> torch.Tensor:
         fn = "NIMALoss"
         output = check_tensor("output", output, fn)
@@ -383,7 +374,7 @@ class NIMALoss(nn.Module):
                 raise ValueError(f"{fn}: target must have the shape of output {tuple(output.shape)}, "
                                  f"got {tuple(target.shape)}")
             check_same_dtype_device(output, target, fn, ("output", "target"))
-            loss = self._fidelity(output, target).to(loss.dtype) + loss
+            loss = pixel_loss_per_sample(output, target, self.fidelity, self.eps).to(loss.dtype) + loss
         return reduce(loss, self.reduction)
 
     def extra_repr(self) -> str:
