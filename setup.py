@@ -4,7 +4,7 @@ Environment:
   FORCE_CUDA=1        build the CUDA kernels (needs nvcc and a CUDA build of torch; no GPU needed)
   FORCE_CUDA=0        CPU only, even on a GPU machine
   (unset)             CUDA when torch has CUDA, nvcc is found and a GPU is visible
-  TORCH_CUDA_ARCH_LIST  architectures to compile for; defaults to "8.0;9.0" when no GPU is visible
+  TORCH_CUDA_ARCH_LIST  architectures to compile for; defaults to "8.0;9.0+PTX" when no GPU is visible
   PDL_EXT_DEBUG=1     -O0 -g; PDL_EXT_SANITIZE=1 adds AddressSanitizer + UBSan to the CPU build
 """
 import glob
@@ -49,9 +49,12 @@ def extensions():
     if not _want_cuda():
         return [CppExtension("pdl_ext._C", sources, extra_compile_args={"cxx": cxx},
                              extra_link_args=link, py_limited_api=False)]
-    if not os.environ.get("TORCH_CUDA_ARCH_LIST"):
-        # Without a visible GPU torch cannot pick the architectures itself and the build crashes.
-        os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0"
+    if CUDA_HOME is None:
+        raise RuntimeError("pdl_ext: FORCE_CUDA=1 but no CUDA toolkit was found; set CUDA_HOME (e.g. /usr/local/cuda)")
+    if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
+        # Without a visible GPU torch cannot pick the architectures itself and the build crashes;
+        # the PTX of the newest lets later GPUs (sm_100, sm_120) JIT-compile the kernels.
+        os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0+PTX"
     includes = [os.path.join(CUDA_HOME, "include", "cccl")] + _nvidia_wheel_includes()
     nvcc = ["-std=c++20", "-O3", "--expt-relaxed-constexpr", "-lineinfo", "-DWITH_CUDA"]
     sources += sorted(glob.glob("csrc/cuda/*.cu"))
