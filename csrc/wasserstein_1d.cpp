@@ -9,11 +9,13 @@
 #include <Python.h>
 
 #include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
 #include "cpu/wasserstein_1d_cpu.h"
 #include "wasserstein_1d.h"
+#include "wasserstein_math.h"
 
 // `import pdl_ext._C` loads this library, which runs the TORCH_LIBRARY registrations below.
 extern "C" {
@@ -52,6 +54,57 @@ void check_normalized_wasserstein_1d_inputs(const at::Tensor& x, const at::Tenso
   TORCH_CHECK(x.dim() == 3, "normalized_wasserstein_1d: x must be (B, C, N), got shape ", x.sizes());
   TORCH_CHECK(y.dim() == 3, "normalized_wasserstein_1d: y must be (B, C, M), got shape ", y.sizes());
   check_wasserstein_1d_inputs(x, y, p);
+}
+
+ForwardPlan plan_forward(const at::Tensor& x, const at::Tensor& y, int64_t p, bool grad_x, bool grad_y,
+                         bool normalized) {
+  ForwardPlan plan;
+  if (normalized) {
+    check_normalized_wasserstein_1d_inputs(x, y, p);
+  } else {
+    check_wasserstein_1d_inputs(x, y, p);
+  }
+  plan.x = x.contiguous();
+  plan.y = y.contiguous();
+  plan.n = x.size(-1);
+  plan.m = y.size(-1);
+  plan.rows = plan.x.numel() / plan.n;
+  plan.loss = at::empty(x.sizes().slice(0, x.dim() - 1), x.options());
+  plan.dx = grad_x ? at::empty_like(plan.x) : at::empty({0}, x.options());
+  plan.dy = grad_y ? at::empty_like(plan.y) : at::empty({0}, y.options());
+  if (normalized) {
+    // Per-position norms over channels: 1/C of the features; kept for the backward.
+    const auto acc = at::toOpMathType(x.scalar_type());
+    plan.channels = x.size(1);
+    plan.norm_x = at::linalg_vector_norm(plan.x, 2, {1}, false, acc);
+    plan.norm_y = at::linalg_vector_norm(plan.y, 2, {1}, false, acc);
+    plan.inv_x = (plan.norm_x + kNormEps).reciprocal();
+    plan.inv_y = (plan.norm_y + kNormEps).reciprocal();
+  }
+  return plan;
+}
+
+NormalizedBackwardPlan plan_normalized_backward(const at::Tensor& grad, const at::Tensor& g, const at::Tensor& f,
+                                                const at::Tensor& norm) {
+  TORCH_CHECK(g.dim() == 3 && f.sizes() == g.sizes(), "normalized_wasserstein_1d_bwd: g and f must be (B, C, N) "
+              "of equal shape, got ", g.sizes(), " and ", f.sizes());
+  TORCH_CHECK(grad.sizes() == g.sizes().slice(0, 2), "normalized_wasserstein_1d_bwd: grad must be (B, C) = ",
+              g.sizes().slice(0, 2), ", got ", grad.sizes());
+  TORCH_CHECK(norm.dim() == 2 && norm.size(0) == g.size(0) && norm.size(1) == g.size(2),
+              "normalized_wasserstein_1d_bwd: norm must be (B, N), got ", norm.sizes());
+  TORCH_CHECK(f.device() == g.device() && grad.device() == g.device() && norm.device() == g.device(),
+              "normalized_wasserstein_1d_bwd: grad, g, f and norm must be on one device, got ", grad.device(), ", ",
+              g.device(), ", ", f.device(), " and ", norm.device());
+  NormalizedBackwardPlan plan;
+  plan.batch = g.size(0);
+  plan.channels = g.size(1);
+  plan.n = g.size(2);
+  plan.g = g.contiguous();
+  plan.f = f.contiguous().to(g.scalar_type());
+  plan.norm = norm.contiguous().to(at::toOpMathType(g.scalar_type()));
+  plan.grad = grad.contiguous().to(plan.norm.scalar_type());
+  plan.out = at::empty_like(plan.g);
+  return plan;
 }
 
 namespace {

@@ -14,4 +14,25 @@ void check_wasserstein_1d_inputs(const at::Tensor& x, const at::Tensor& y, int64
 // The same for the normalized op: x (B, C, N) and y (B, C, M).
 void check_normalized_wasserstein_1d_inputs(const at::Tensor& x, const at::Tensor& y, int64_t p);
 
+// Device-agnostic set-up of a forward, shared by the CPU and CUDA kernels: checked contiguous
+// operands, the allocated outputs, and (normalized op) the per-position channel norms.
+struct ForwardPlan {
+  at::Tensor x, y;                // contiguous operands
+  at::Tensor loss, dx, dy;        // dx / dy are empty tensors when that gradient is not wanted
+  at::Tensor norm_x, norm_y;      // normalized op: ||f|| over channels, (B, N) in opmath dtype
+  at::Tensor inv_x, inv_y;        // normalized op: 1 / (||f|| + eps)
+  int64_t rows = 0, n = 0, m = 0, channels = 1;
+};
+ForwardPlan plan_forward(const at::Tensor& x, const at::Tensor& y, int64_t p, bool grad_x, bool grad_y,
+                         bool normalized);
+
+// Device-agnostic set-up of the normalized backward: contiguous g (B, C, N), f in g's dtype,
+// norm and grad in opmath dtype, and the allocated output.
+struct NormalizedBackwardPlan {
+  at::Tensor grad, g, f, norm, out;
+  int64_t batch = 0, channels = 0, n = 0;
+};
+NormalizedBackwardPlan plan_normalized_backward(const at::Tensor& grad, const at::Tensor& g, const at::Tensor& f,
+                                                const at::Tensor& norm);
+
 }  // namespace pdl_ext

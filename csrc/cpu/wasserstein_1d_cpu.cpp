@@ -300,78 +300,49 @@ void forward_rows(XL xl, YL yl, int64_t rows, int64_t n, int64_t m, int p, scala
 std::tuple<at::Tensor, at::Tensor, at::Tensor> wasserstein_1d_fwd_cpu(const at::Tensor& x,
                                                                       const at::Tensor& y, int64_t p,
                                                                       bool grad_x, bool grad_y) {
-  check_wasserstein_1d_inputs(x, y, p);
-  const int64_t n = x.size(-1);
-  const int64_t m = y.size(-1);
-  const at::Tensor xc = x.contiguous();
-  const at::Tensor yc = y.contiguous();
-  const int64_t rows = n > 0 ? xc.numel() / n : 0;
-  at::Tensor loss = at::empty(x.sizes().slice(0, x.dim() - 1), x.options());
-  at::Tensor dx = grad_x ? at::empty_like(xc) : at::empty({0}, x.options());
-  at::Tensor dy = grad_y ? at::empty_like(yc) : at::empty({0}, y.options());
-  if (rows == 0) return {loss, dx, dy};
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "wasserstein_1d_fwd_cpu", [&] {
-    forward_rows<scalar_t>(PlainRows<scalar_t>{xc.const_data_ptr<scalar_t>(), n},
-                           PlainRows<scalar_t>{yc.const_data_ptr<scalar_t>(), m}, rows, n, m,
-                           static_cast<int>(p), loss.mutable_data_ptr<scalar_t>(),
-                           grad_x ? dx.mutable_data_ptr<scalar_t>() : nullptr,
-                           grad_y ? dy.mutable_data_ptr<scalar_t>() : nullptr);
-  });
-  return {loss, dx, dy};
+  const ForwardPlan f = plan_forward(x, y, p, grad_x, grad_y, /*normalized=*/false);
+  if (f.rows > 0) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "wasserstein_1d_fwd_cpu", [&] {
+      forward_rows<scalar_t>(PlainRows<scalar_t>{f.x.const_data_ptr<scalar_t>(), f.n},
+                             PlainRows<scalar_t>{f.y.const_data_ptr<scalar_t>(), f.m}, f.rows, f.n, f.m,
+                             static_cast<int>(p), f.loss.mutable_data_ptr<scalar_t>(),
+                             grad_x ? f.dx.mutable_data_ptr<scalar_t>() : nullptr,
+                             grad_y ? f.dy.mutable_data_ptr<scalar_t>() : nullptr);
+    });
+  }
+  return {f.loss, f.dx, f.dy};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> normalized_wasserstein_1d_fwd_cpu(
     const at::Tensor& x, const at::Tensor& y, int64_t p, bool grad_x, bool grad_y) {
-  check_normalized_wasserstein_1d_inputs(x, y, p);
-  const int64_t channels = x.size(1);
-  const int64_t n = x.size(2);
-  const int64_t m = y.size(2);
-  const at::Tensor xc = x.contiguous();
-  const at::Tensor yc = y.contiguous();
-  const auto acc = at::toOpMathType(x.scalar_type());
-  // Per-position norms over channels, (B, N): small (1/C of the features); kept for the backward.
-  at::Tensor norm_x = at::linalg_vector_norm(xc, 2, {1}, false, acc);
-  at::Tensor norm_y = at::linalg_vector_norm(yc, 2, {1}, false, acc);
-  const at::Tensor inv_x = (norm_x + kNormEps).reciprocal();
-  const at::Tensor inv_y = (norm_y + kNormEps).reciprocal();
-  const int64_t rows = x.size(0) * channels;
-  at::Tensor loss = at::empty({x.size(0), channels}, x.options());
-  at::Tensor dx = grad_x ? at::empty_like(xc) : at::empty({0}, x.options());
-  at::Tensor dy = grad_y ? at::empty_like(yc) : at::empty({0}, y.options());
-  if (rows == 0) return {loss, dx, dy, norm_x, norm_y};
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "normalized_wasserstein_1d_fwd_cpu", [&] {
-    using A = at::opmath_type<scalar_t>;
-    forward_rows<scalar_t>(
-        NormalizedRows<scalar_t>{xc.const_data_ptr<scalar_t>(), inv_x.const_data_ptr<A>(), n, channels},
-        NormalizedRows<scalar_t>{yc.const_data_ptr<scalar_t>(), inv_y.const_data_ptr<A>(), m, channels}, rows, n, m,
-        static_cast<int>(p), loss.mutable_data_ptr<scalar_t>(), grad_x ? dx.mutable_data_ptr<scalar_t>() : nullptr,
-        grad_y ? dy.mutable_data_ptr<scalar_t>() : nullptr);
-  });
-  return {loss, dx, dy, norm_x, norm_y};
+  const ForwardPlan f = plan_forward(x, y, p, grad_x, grad_y, /*normalized=*/true);
+  if (f.rows > 0) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "normalized_wasserstein_1d_fwd_cpu", [&] {
+      using A = at::opmath_type<scalar_t>;
+      forward_rows<scalar_t>(
+          NormalizedRows<scalar_t>{f.x.const_data_ptr<scalar_t>(), f.inv_x.const_data_ptr<A>(), f.n, f.channels},
+          NormalizedRows<scalar_t>{f.y.const_data_ptr<scalar_t>(), f.inv_y.const_data_ptr<A>(), f.m, f.channels},
+          f.rows, f.n, f.m, static_cast<int>(p), f.loss.mutable_data_ptr<scalar_t>(),
+          grad_x ? f.dx.mutable_data_ptr<scalar_t>() : nullptr, grad_y ? f.dy.mutable_data_ptr<scalar_t>() : nullptr);
+    });
+  }
+  return {f.loss, f.dx, f.dy, f.norm_x, f.norm_y};
 }
 
 at::Tensor normalized_wasserstein_1d_bwd_cpu(const at::Tensor& grad, const at::Tensor& g, const at::Tensor& f,
                                              const at::Tensor& norm) {
-  TORCH_CHECK(g.dim() == 3 && f.sizes() == g.sizes(), "normalized_wasserstein_1d_bwd: g and f must be (B, C, N) "
-              "of equal shape, got ", g.sizes(), " and ", f.sizes());
-  TORCH_CHECK(grad.sizes() == g.sizes().slice(0, 2), "normalized_wasserstein_1d_bwd: grad must be (B, C) = ",
-              g.sizes().slice(0, 2), ", got ", grad.sizes());
-  TORCH_CHECK(norm.dim() == 2 && norm.size(0) == g.size(0) && norm.size(1) == g.size(2),
-              "normalized_wasserstein_1d_bwd: norm must be (B, N), got ", norm.sizes());
-  const int64_t batch = g.size(0), channels = g.size(1), n = g.size(2);
-  const at::Tensor gc = g.contiguous(), fc = f.contiguous().to(g.scalar_type());
-  const at::Tensor nc = norm.contiguous().to(at::toOpMathType(g.scalar_type()));
-  const at::Tensor grad_c = grad.contiguous().to(nc.scalar_type());
-  at::Tensor out = at::empty_like(gc);
+  const NormalizedBackwardPlan b = plan_normalized_backward(grad, g, f, norm);
+  const int64_t batch = b.batch, channels = b.channels, n = b.n;
+  at::Tensor out = b.out;
   if (out.numel() == 0) return out;
   constexpr int64_t kChunk = 1024;  // positions per task: a reduction over channels per position
   const int64_t chunks = (n + kChunk - 1) / kChunk;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "normalized_wasserstein_1d_bwd_cpu", [&] {
     using A = at::opmath_type<scalar_t>;
-    const scalar_t* gp = gc.const_data_ptr<scalar_t>();
-    const scalar_t* fp = fc.const_data_ptr<scalar_t>();
-    const A* np = nc.const_data_ptr<A>();
-    const A* wp = grad_c.const_data_ptr<A>();
+    const scalar_t* gp = b.g.const_data_ptr<scalar_t>();
+    const scalar_t* fp = b.f.const_data_ptr<scalar_t>();
+    const A* np = b.norm.const_data_ptr<A>();
+    const A* wp = b.grad.const_data_ptr<A>();
     scalar_t* op = out.mutable_data_ptr<scalar_t>();
     at::parallel_for(0, batch * chunks, 1, [&](int64_t begin, int64_t end) {
       std::vector<A> s(kChunk);

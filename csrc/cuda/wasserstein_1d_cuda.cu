@@ -472,71 +472,40 @@ void run_forward(const at::Tensor& xc, const at::Tensor& yc, int64_t rows, int64
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> wasserstein_1d_fwd_cuda(const at::Tensor& x, const at::Tensor& y,
                                                                        int64_t p, bool grad_x, bool grad_y) {
-  check_wasserstein_1d_inputs(x, y, p);
   TORCH_CHECK(x.is_cuda(), "wasserstein_1d: x must be a CUDA tensor, got ", x.device());
   const c10::cuda::CUDAGuard device_guard(x.device());
-  const int64_t n = x.size(-1);
-  const int64_t m = y.size(-1);
-  const at::Tensor xc = x.contiguous();
-  const at::Tensor yc = y.contiguous();
-  const int64_t rows = xc.numel() / n;
-  at::Tensor loss = at::empty(x.sizes().slice(0, x.dim() - 1), x.options());
-  at::Tensor dx = grad_x ? at::empty_like(xc) : at::empty({0}, x.options());
-  at::Tensor dy = grad_y ? at::empty_like(yc) : at::empty({0}, y.options());
-  if (rows == 0) return {loss, dx, dy};
-  run_forward(xc, yc, rows, n, m, p, nullptr, nullptr, 1, loss, dx, dy, grad_x, grad_y);
-  return {loss, dx, dy};
+  ForwardPlan f = plan_forward(x, y, p, grad_x, grad_y, /*normalized=*/false);
+  if (f.rows > 0) {
+    run_forward(f.x, f.y, f.rows, f.n, f.m, p, nullptr, nullptr, 1, f.loss, f.dx, f.dy, grad_x, grad_y);
+  }
+  return {f.loss, f.dx, f.dy};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> normalized_wasserstein_1d_fwd_cuda(
     const at::Tensor& x, const at::Tensor& y, int64_t p, bool grad_x, bool grad_y) {
-  check_normalized_wasserstein_1d_inputs(x, y, p);
   TORCH_CHECK(x.is_cuda(), "normalized_wasserstein_1d: x must be a CUDA tensor, got ", x.device());
   const c10::cuda::CUDAGuard device_guard(x.device());
-  const int64_t channels = x.size(1);
-  const int64_t n = x.size(2);
-  const int64_t m = y.size(2);
-  const at::Tensor xc = x.contiguous();
-  const at::Tensor yc = y.contiguous();
-  const auto acc = at::toOpMathType(x.scalar_type());
-  // As the CPU kernel: per-position norms over channels (B, N), kept for the backward.
-  at::Tensor norm_x = at::linalg_vector_norm(xc, 2, {1}, false, acc);
-  at::Tensor norm_y = at::linalg_vector_norm(yc, 2, {1}, false, acc);
-  const at::Tensor inv_x = (norm_x + kNormEps).reciprocal();
-  const at::Tensor inv_y = (norm_y + kNormEps).reciprocal();
-  const int64_t rows = x.size(0) * channels;
-  at::Tensor loss = at::empty({x.size(0), channels}, x.options());
-  at::Tensor dx = grad_x ? at::empty_like(xc) : at::empty({0}, x.options());
-  at::Tensor dy = grad_y ? at::empty_like(yc) : at::empty({0}, y.options());
-  if (rows == 0) return {loss, dx, dy, norm_x, norm_y};
-  run_forward(xc, yc, rows, n, m, p, &inv_x, &inv_y, channels, loss, dx, dy, grad_x, grad_y);
-  return {loss, dx, dy, norm_x, norm_y};
+  ForwardPlan f = plan_forward(x, y, p, grad_x, grad_y, /*normalized=*/true);
+  if (f.rows > 0) {
+    run_forward(f.x, f.y, f.rows, f.n, f.m, p, &f.inv_x, &f.inv_y, f.channels, f.loss, f.dx, f.dy, grad_x, grad_y);
+  }
+  return {f.loss, f.dx, f.dy, f.norm_x, f.norm_y};
 }
 
 at::Tensor normalized_wasserstein_1d_bwd_cuda(const at::Tensor& grad, const at::Tensor& g, const at::Tensor& f,
                                               const at::Tensor& norm) {
-  TORCH_CHECK(g.dim() == 3 && f.sizes() == g.sizes(), "normalized_wasserstein_1d_bwd: g and f must be (B, C, N) "
-              "of equal shape, got ", g.sizes(), " and ", f.sizes());
-  TORCH_CHECK(grad.sizes() == g.sizes().slice(0, 2), "normalized_wasserstein_1d_bwd: grad must be (B, C) = ",
-              g.sizes().slice(0, 2), ", got ", grad.sizes());
-  TORCH_CHECK(norm.dim() == 2 && norm.size(0) == g.size(0) && norm.size(1) == g.size(2),
-              "normalized_wasserstein_1d_bwd: norm must be (B, N), got ", norm.sizes());
-  TORCH_CHECK(g.is_cuda() && f.device() == g.device() && grad.device() == g.device() && norm.device() == g.device(),
-              "normalized_wasserstein_1d_bwd: grad, g, f and norm must be on one CUDA device, got ", grad.device(),
-              ", ", g.device(), ", ", f.device(), " and ", norm.device());
+  TORCH_CHECK(g.is_cuda(), "normalized_wasserstein_1d_bwd: g must be a CUDA tensor, got ", g.device());
   const c10::cuda::CUDAGuard device_guard(g.device());
-  const int64_t batch = g.size(0), channels = g.size(1), n = g.size(2);
-  const at::Tensor gc = g.contiguous(), fc = f.contiguous().to(g.scalar_type());
-  const at::Tensor nc = norm.contiguous().to(at::toOpMathType(g.scalar_type()));
-  const at::Tensor grad_c = grad.contiguous().to(nc.scalar_type());
-  at::Tensor out = at::empty_like(gc);
+  const NormalizedBackwardPlan b = plan_normalized_backward(grad, g, f, norm);
+  const int64_t batch = b.batch, channels = b.channels, n = b.n;
+  at::Tensor out = b.out;
   if (out.numel() == 0) return out;
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "normalized_wasserstein_1d_bwd_cuda", [&] {
     using A = at::opmath_type<scalar_t>;
     normalize_bwd_kernel<scalar_t><<<grid_for(batch * n, kKeysThreads), kKeysThreads, 0, stream>>>(
-        grad_c.const_data_ptr<A>(), gc.const_data_ptr<scalar_t>(), fc.const_data_ptr<scalar_t>(),
-        nc.const_data_ptr<A>(), batch, channels, n, out.mutable_data_ptr<scalar_t>());
+        b.grad.const_data_ptr<A>(), b.g.const_data_ptr<scalar_t>(), b.f.const_data_ptr<scalar_t>(),
+        b.norm.const_data_ptr<A>(), batch, channels, n, out.mutable_data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return out;
