@@ -76,8 +76,9 @@ ForwardPlan plan_forward(const at::Tensor& x, const at::Tensor& y, int64_t p, bo
     // Per-position norms over channels: 1/C of the features; kept for the backward.
     const auto acc = at::toOpMathType(x.scalar_type());
     plan.channels = x.size(1);
-    plan.norm_x = at::linalg_vector_norm(plan.x, 2, {1}, false, acc);
-    plan.norm_y = at::linalg_vector_norm(plan.y, 2, {1}, false, acc);
+    // Summed in float64: the squares of float32 features above ~1.8e19 would overflow.
+    plan.norm_x = at::linalg_vector_norm(plan.x, 2, {1}, false, at::kDouble).to(acc);
+    plan.norm_y = at::linalg_vector_norm(plan.y, 2, {1}, false, at::kDouble).to(acc);
     plan.inv_x = (plan.norm_x + kNormEps).reciprocal();
     plan.inv_y = (plan.norm_y + kNormEps).reciprocal();
   }

@@ -155,9 +155,9 @@ constexpr double kNormEps = 1e-10;
 template <typename A> PDL_HD A inv_norm(A r) { return A(1) / (r + A(kNormEps)); }
 
 template <typename A> PDL_HD A normalize_grad(A h, A f, A s, A r) {
-  if (!(r > A(0))) return A(0);
+  if (r == A(0)) return A(0);  // a NaN norm falls through and gives NaN, as the policy says
   const A a = A(1) / (r + A(kNormEps));
-  return h * a - f * s * (a * a / r);
+  return h * a - (f / r) * (s * a * a);  // f / r <= 1 first: no overflow for tiny norms
 }
 
 }  // namespace pdl_ext

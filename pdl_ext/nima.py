@@ -15,7 +15,7 @@ from torch import nn
 from ._checks import check_float, check_reduction, check_same_dtype_device, check_tensor, reduce
 from .pixel import PIXEL_LOSSES, pixel_loss_per_sample
 from .vgg import VGGFeatures
-from .weights import load_state_dict
+from .weights import check_float_tensors, load_state_dict
 
 
 def _check_histograms(x: object, name: str, fn: str) -> torch.Tensor:
@@ -258,6 +258,7 @@ class NIMA(nn.Module):
                  if sd[k].shape != v.shape]
         if wrong:
             raise ValueError(f"NIMA: {weights} has wrongly shaped tensors: {wrong[:4]}")
+        check_float_tensors(sd, [k for k, v in own.items() if v.is_floating_point()], "NIMA", weights)
         self.load_state_dict(sd)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,7 @@ from typing import Callable, Dict, Iterator, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
-from ._checks import check_float, check_p, check_reduction, check_tensor, reduce
+from ._checks import check_float, check_p, check_reduction, check_same_dtype_device, check_tensor, reduce
 from .pixel import PIXEL_LOSSES, pixel_loss_per_sample
 from .projection import Projection, projected_distance, random_directions
 from .vgg import VGGFeatures
@@ -24,6 +24,9 @@ def _check_images(x: object, y: object, fn: str) -> None:
         if t.dim() != 4:
             raise ValueError(f"{fn}: {name} must be an image batch (B, C, H, W), got shape {tuple(t.shape)}")
     check_float("x", x, fn)
+    check_same_dtype_device(x, y, fn)
+    if x.shape[0] == 0:
+        raise ValueError(f"{fn}: x must hold at least one image, got shape {tuple(x.shape)}")
     if x.shape[0] != y.shape[0]:
         raise ValueError(f"{fn}: x and y must have the same batch size, got {x.shape[0]} and {y.shape[0]}")
     if x.shape[1] != y.shape[1]:
@@ -108,6 +111,8 @@ class PDLLoss(nn.Module):
             raise ValueError(f"{fn}: projection must be 'spatial', 'channel' or a positive int, got {projection!r}")
         if pixel_loss is not None and pixel_loss not in PIXEL_LOSSES:
             raise ValueError(f"{fn}: pixel_loss must be None or one of {PIXEL_LOSSES}, got {pixel_loss!r}")
+        if len(tuple(input_range)) != 2:
+            raise ValueError(f"{fn}: input_range must be (low, high), got {tuple(input_range)}")
         lo, hi = (float(v) for v in input_range)
         if not hi > lo:
             raise ValueError(f"{fn}: input_range must be (low, high) with high > low, got {tuple(input_range)}")
@@ -164,12 +169,25 @@ class PDLLoss(nn.Module):
             feats = [feats]
         return iter(list(feats))
 
+    def _check_backbone_input(self, x: torch.Tensor, y: torch.Tensor, fn: str) -> None:
+        weight = next(self.backbone.parameters())
+        if x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type):
+            raise TypeError(f"{fn}: x must have the backbone's dtype ({weight.dtype}; convert with .to()), got {x.dtype}")
+        pools = sum(isinstance(m, nn.MaxPool2d) for m in list(self.backbone.features)[:-1])
+        need = 2**pools
+        for name, t in (("x", x), ("y", y)):
+            if min(t.shape[-2:]) < need:
+                raise ValueError(f"{fn}: {name} must be at least {need}x{need} for layer {self.backbone.depth_layers[-1]}, "
+                                 f"got {tuple(t.shape[-2:])}")
+
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         fn = "PDLLoss"
         _check_images(x, y, fn)
         lo, hi = self.input_range
         if self.check_range:
             _check_range(y, "y", lo, hi, fn)
+        if isinstance(self.backbone, VGGFeatures):
+            self._check_backbone_input(x, y, fn)
         xs, ys = (x - lo) / (hi - lo), (y - lo) / (hi - lo)
         total = None
         with torch.no_grad():

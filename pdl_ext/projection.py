@@ -87,6 +87,7 @@ def projected_distance(
     if isinstance(projection, int) and not isinstance(projection, bool) and projection > 0:
         if directions is None:
             directions = random_directions(projection, c, seed, fx.device, fx.dtype)
+        check_tensor("directions", directions, fn)
         if tuple(directions.shape) != (projection, c):
             raise ValueError(f"{fn}: directions must have shape ({projection}, {c}), got {tuple(directions.shape)}")
         px = torch.einsum("kc,bcn->bkn", directions.to(fx.dtype), x3)

@@ -45,10 +45,10 @@ NORM_EPS = 1e-10
 
 def channel_inv_norm(f: torch.Tensor) -> torch.Tensor:
     """1 / (||f||_2 over dim 1 + 1e-10), keeping dim 1; 0 (and no gradient) at all-zero positions."""
-    s = f.pow(2).sum(1, keepdim=True)
-    nonzero = s > 0
+    s = f.double().pow(2).sum(1, keepdim=True)  # float64: float32 squares overflow above ~1.8e19
+    nonzero = s != 0  # a NaN norm stays NaN
     r = torch.where(nonzero, s, torch.ones_like(s)).sqrt()  # no inf * 0 in the backward at s = 0
-    return torch.where(nonzero, 1.0 / (r + NORM_EPS), torch.zeros_like(s))
+    return torch.where(nonzero, 1.0 / (r.to(f.dtype) + NORM_EPS), torch.zeros_like(s, dtype=f.dtype))
 
 
 def normalize_channels(f: torch.Tensor) -> torch.Tensor:

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ._checks import check_float, check_tensor
-from .weights import find_in_hub_cache, hub_checkpoint_dir, load_state_dict
+from .weights import check_float_tensors, find_in_hub_cache, hub_checkpoint_dir, load_state_dict
 
 # Output channels of each conv; "M" is a 2x2 max pool (torchvision's configurations "D" and "E").
 _CONFIGS: Dict[str, Tuple[Union[int, str], ...]] = {
@@ -199,6 +199,7 @@ class VGGFeatures(nn.Module):
         ]
         if wrong:
             raise ValueError(f"VGGFeatures: {source} has wrongly shaped {self.arch} tensors: {wrong[:4]}")
+        check_float_tensors(sd, [f"features.{k}" for k in own], "VGGFeatures", source)
         self.features.load_state_dict({k: sd[f"features.{k}"] for k in own})
 
     def train(self, mode: bool = True) -> "VGGFeatures":

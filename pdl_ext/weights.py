@@ -41,13 +41,24 @@ def _load_torch(path: Path) -> object:
         raise ValueError(
             f"load_state_dict: {path} holds objects other than tensors and plain containers, which are "
             f"not loaded for safety (weights_only=True). Re-save it as a plain state dict "
-            f"(torch.save(model.state_dict(), ...)) or as .safetensors. Details: {str(e).splitlines()[0]}"
+            f"(torch.save(model.state_dict(), ...)) or as .safetensors. Details: {_first_line(e)}"
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
+    except Exception as e:  # torch.load raises many kinds on a damaged file (EOFError, KeyError, ...)
         raise ValueError(
             f"load_state_dict: {path} is not a readable PyTorch checkpoint (truncated or corrupted "
-            f"download?); expected a file written by torch.save. Details: {str(e).splitlines()[0]}"
+            f"download?); expected a file written by torch.save. Details: {_first_line(e)}"
         ) from None
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).splitlines() or [type(e).__name__])[0]
+
+
+def check_float_tensors(sd: Dict[str, torch.Tensor], keys, fn: str, source: object) -> None:
+    """Refuses integer, bool or complex tensors where float parameters go (load_state_dict would cast them)."""
+    bad = [f"{k}: {sd[k].dtype}" for k in keys if not sd[k].is_floating_point()]
+    if bad:
+        raise ValueError(f"{fn}: {source} holds non-float tensors for float parameters (wrong dtype): {bad[:4]}")
 
 
 def _load_safetensors(path: Path) -> Dict[str, torch.Tensor]:
