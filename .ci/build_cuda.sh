@@ -12,15 +12,7 @@
 # build and rebuild incrementally).
 set -euo pipefail
 
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-# Not $PYTHON: .ci/setup.sh reads that as the base interpreter that creates .venv.
-if [[ -n "${PDL_PYTHON:-}" ]]; then
-  PYTHON="$PDL_PYTHON"
-elif [[ -x "$ROOT/.venv/bin/python" ]]; then
-  PYTHON="$ROOT/.venv/bin/python"
-else
-  PYTHON=python3
-fi
+source "$(dirname "${BASH_SOURCE[0]}")/python.sh"
 export CUDA_HOME="${CUDA_HOME:-/usr/local/cuda}"
 export TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-8.0;9.0}"
 export MAX_JOBS="${MAX_JOBS:-2}"

@@ -15,14 +15,7 @@
 # HYPOTHESIS_PROFILE (default: sanitize, a short property run; "deep" for a long one).
 set -euo pipefail
 
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-if [[ -n "${PDL_PYTHON:-}" ]]; then
-  PYTHON="$PDL_PYTHON"
-elif [[ -x "$ROOT/.venv/bin/python" ]]; then
-  PYTHON="$ROOT/.venv/bin/python"
-else
-  PYTHON=python3
-fi
+source "$(dirname "${BASH_SOURCE[0]}")/python.sh"
 BUILD_TEMP="${PDL_ASAN_BUILD:-/tmp/pdl_asan_build}"
 BUILD_LIB="${PDL_ASAN_LIB:-/tmp/pdl_asan_lib}"
 export MAX_JOBS="${MAX_JOBS:-2}"
