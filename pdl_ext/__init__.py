@@ -11,6 +11,7 @@ from .pdl import PDLLoss
 from .vgg import VGGFeatures
 from .nima import NIMA, EMDLoss, NIMALoss, emd_loss, mean_score, std_score
 from .weights import load_state_dict, save_state_dict
+from .mdf import MDFLoss, mdf_loss
 from . import functional
 
 __all__ = [
@@ -29,5 +30,7 @@ __all__ = [
     "std_score",
     "load_state_dict",
     "save_state_dict",
+    "MDFLoss",
+    "mdf_loss",
     "functional",
 ]

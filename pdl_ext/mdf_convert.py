@@ -1,0 +1,326 @@
+"""`pdl-ext convert-mdf`: the published MDF ``.pth`` files to safetensors, without running their code.
+
+The published weights (gfxdisp/mdf ``weights/Ds_*.pth``) are ``torch.save``-d lists of the authors'
+``SinGAN.models.WDiscriminator`` modules; ``torch.load`` would import and run that code, and
+``weights_only=True`` refuses the module classes. This reader unpickles with a closed list of
+callables (our own tensor rebuilders, ``OrderedDict``, ``set``); every other global becomes an inert
+stand-in that can only record the attributes the pickle sets on it, and calling one is refused.
+Both ``torch.save`` formats are read: the zip archive (default since torch 1.6) and the legacy stream.
+"""
+from __future__ import annotations
+
+import _compat_pickle
+import argparse
+import collections
+import io
+import os
+import pickle
+import sys
+import zipfile
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Tuple, Union
+
+import torch
+
+from .mdf import discriminators_from_state_dict, discriminators_state_dict, save_discriminators
+
+_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+_LEGACY_PROTOCOL = 1001
+
+# The typed-storage classes a pickle names as dtype markers in its storage references.
+_STORAGE_DTYPES = {
+    "DoubleStorage": torch.float64,
+    "FloatStorage": torch.float32,
+    "HalfStorage": torch.float16,
+    "BFloat16Storage": torch.bfloat16,
+    "LongStorage": torch.int64,
+    "IntStorage": torch.int32,
+    "ShortStorage": torch.int16,
+    "CharStorage": torch.int8,
+    "ByteStorage": torch.uint8,
+    "BoolStorage": torch.bool,
+    "UntypedStorage": torch.uint8,
+}
+
+
+class UnsafePickleError(pickle.UnpicklingError):
+    """The file asked to call something that is not a tensor rebuild: nothing was called."""
+
+
+class _StorageType:
+    """Marker standing for ``torch.<Name>Storage`` in a storage reference (the class is never used)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.dtype = _STORAGE_DTYPES[name]
+
+
+class _StandInMeta(type):
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        raise UnsafePickleError(
+            f"convert_mdf: refusing to call {cls._pickled_name} from the pickle (only tensor rebuilds may run)"
+        )
+
+
+class StandIn(metaclass=_StandInMeta):
+    """An inert record of a pickled object of an unknown class: its class path and its state."""
+
+    _pickled_name = "?"
+
+    def __setstate__(self, state: Any) -> None:
+        self.state = state
+
+    def __repr__(self) -> str:
+        return f"StandIn({self._pickled_name})"
+
+
+def _stand_in_class(module: str, name: str) -> type:
+    return _StandInMeta(name, (StandIn,), {"_pickled_name": f"{module}.{name}", "__module__": __name__})
+
+
+def _rebuild_tensor(storage: torch.Tensor, offset: int, size: Tuple[int, ...], stride: Tuple[int, ...]) -> torch.Tensor:
+    if not isinstance(storage, torch.Tensor):
+        raise UnsafePickleError(f"convert_mdf: a tensor rebuild got {type(storage).__name__} instead of a storage")
+    # A view, not a copy: the legacy format fills storages after the tensors are built.
+    return storage.as_strided(tuple(size), tuple(stride), int(offset))
+
+
+def _rebuild_tensor_v2(storage, offset, size, stride, requires_grad=False, backward_hooks=None, metadata=None):
+    return _rebuild_tensor(storage, offset, size, stride)
+
+
+def _rebuild_parameter(data, requires_grad=False, backward_hooks=None, state=None):
+    if not isinstance(data, torch.Tensor):
+        raise UnsafePickleError(f"convert_mdf: a parameter rebuild got {type(data).__name__} instead of a tensor")
+    return data
+
+
+def _reconstructor(cls: Any, base: Any, state: Any) -> Any:
+    # copyreg's protocol-0/1 path, only for stand-ins: allocate, never initialise.
+    if not (isinstance(cls, type) and issubclass(cls, StandIn)):
+        raise UnsafePickleError(f"convert_mdf: refusing to reconstruct {cls!r} from the pickle")
+    return object.__new__(cls)
+
+
+_ALLOWED: Dict[Tuple[str, str], Callable[..., Any]] = {
+    ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
+    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
+    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+    ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
+    ("collections", "OrderedDict"): collections.OrderedDict,
+    ("builtins", "set"): set,
+    ("builtins", "frozenset"): frozenset,
+    ("copyreg", "_reconstructor"): _reconstructor,
+}
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """Unpickles module trees and tensors only; see the module docstring.
+
+    Args:
+        file: the binary pickle stream.
+        load_storage: ``(key, dtype, numel) -> 1-D tensor`` for the pickle's storage references.
+    """
+
+    def __init__(self, file: io.BufferedIOBase, load_storage: Callable[[str, torch.dtype, int], torch.Tensor]) -> None:
+        super().__init__(file)
+        self._load_storage = load_storage
+        self._stand_ins: Dict[Tuple[str, str], type] = {}
+
+    def find_class(self, module: str, name: str) -> Any:
+        # Protocol 2 keeps Python 2 names (__builtin__.set); the base find_class maps them, so do we.
+        if (module, name) in _compat_pickle.NAME_MAPPING:
+            module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+        elif module in _compat_pickle.IMPORT_MAPPING:
+            module = _compat_pickle.IMPORT_MAPPING[module]
+        if (module, name) in _ALLOWED:
+            return _ALLOWED[(module, name)]
+        if module == "torch" and name in _STORAGE_DTYPES:
+            return _StorageType(name)
+        if (module, name) not in self._stand_ins:
+            self._stand_ins[(module, name)] = _stand_in_class(module, name)
+        return self._stand_ins[(module, name)]
+
+    def persistent_load(self, pid: Any) -> Any:
+        if isinstance(pid, tuple) and len(pid) == 4 and pid[0] == "module":
+            # The legacy format tags module classes with their source text; the class is our stand-in.
+            if not (isinstance(pid[1], type) and issubclass(pid[1], StandIn)):
+                raise UnsafePickleError(f"convert_mdf: unexpected module reference {pid[1]!r}")
+            return pid[1]
+        if not isinstance(pid, tuple) or len(pid) < 5 or pid[0] != "storage" or not isinstance(pid[1], _StorageType):
+            raise UnsafePickleError(f"convert_mdf: unexpected persistent reference {pid!r}")
+        _, storage_type, key, _location, numel = pid[:5]
+        if not isinstance(key, str) or isinstance(numel, bool) or not isinstance(numel, int) or numel < 0:
+            raise UnsafePickleError(f"convert_mdf: malformed storage reference {pid!r}")
+        if len(pid) > 5 and pid[5] is not None:
+            raise UnsafePickleError("convert_mdf: storage views of the legacy format are not supported")
+        return self._load_storage(key, storage_type.dtype, numel)
+
+
+def _flat(raw: bytes, dtype: torch.dtype, numel: int, key: str, big_endian: bool) -> torch.Tensor:
+    itemsize = torch.empty(0, dtype=dtype).element_size()
+    if numel * itemsize > len(raw):
+        raise ValueError(f"convert_mdf: storage {key} holds {len(raw)} bytes, fewer than {numel} x {itemsize}")
+    flat = torch.frombuffer(bytearray(raw[: numel * itemsize]), dtype=torch.uint8)
+    if big_endian and itemsize > 1:
+        flat = flat.view(-1, itemsize).flip(1).reshape(-1)
+    return flat.view(dtype) if numel else torch.empty(0, dtype=dtype)
+
+
+def _load_zip(path: Path) -> Any:
+    with zipfile.ZipFile(path) as zf:
+        pickles = [n for n in zf.namelist() if n.endswith("/data.pkl") and n.count("/") == 1]
+        if len(pickles) != 1:
+            raise ValueError(f"convert_mdf: {str(path)!r} is a zip file but not a torch.save archive (no data.pkl)")
+        prefix = pickles[0][: -len("data.pkl")]
+        names = set(zf.namelist())
+        big_endian = prefix + "byteorder" in names and zf.read(prefix + "byteorder").strip() == b"big"
+
+        def load_storage(key: str, dtype: torch.dtype, numel: int) -> torch.Tensor:
+            name = f"{prefix}data/{key}"
+            if name not in names:
+                raise ValueError(f"convert_mdf: the archive has no storage {key!r}")
+            return _flat(zf.read(name), dtype, numel, key, big_endian)
+
+        return RestrictedUnpickler(io.BytesIO(zf.read(pickles[0])), load_storage).load()
+
+
+def _load_legacy(path: Path) -> Any:
+    data = path.read_bytes()
+    f = io.BytesIO(data)
+    storages: Dict[str, torch.Tensor] = {}
+
+    def refuse(key: str, dtype: torch.dtype, numel: int) -> torch.Tensor:
+        raise UnsafePickleError("convert_mdf: a storage reference outside the main pickle")
+
+    def allocate(key: str, dtype: torch.dtype, numel: int) -> torch.Tensor:
+        # Filled after the pickle, from the records that follow it; the size is bounded by the file.
+        if key not in storages:
+            if numel * torch.empty(0, dtype=dtype).element_size() > len(data):
+                raise ValueError(f"convert_mdf: storage {key} claims {numel} elements, more than the file holds")
+            storages[key] = torch.zeros(numel, dtype=dtype)
+        return storages[key]
+
+    try:
+        magic = RestrictedUnpickler(f, refuse).load()
+    except UnsafePickleError:
+        raise
+    except Exception as e:
+        raise ValueError(f"convert_mdf: {str(path)!r} is not a torch.save file ({e})") from e
+    if magic != _LEGACY_MAGIC:
+        raise ValueError(
+            f"convert_mdf: {str(path)!r} is not a torch.save file (neither a zip archive nor the legacy format)"
+        )
+    if RestrictedUnpickler(f, refuse).load() != _LEGACY_PROTOCOL:
+        raise ValueError(f"convert_mdf: {str(path)!r} uses an unknown legacy protocol version")
+    sys_info = RestrictedUnpickler(f, refuse).load()
+    big_endian = isinstance(sys_info, dict) and sys_info.get("little_endian") is False
+    result = RestrictedUnpickler(f, allocate).load()
+    keys = RestrictedUnpickler(f, refuse).load()
+    if not isinstance(keys, list) or set(keys) != set(storages):
+        raise ValueError("convert_mdf: the legacy storage list does not match the pickle's references")
+    for key in keys:
+        flat = storages[key]
+        count = int.from_bytes(f.read(8), "little")
+        if count != flat.numel():
+            raise ValueError(f"convert_mdf: storage {key} holds {count} elements, the pickle says {flat.numel()}")
+        nbytes = count * flat.element_size()
+        flat.copy_(_flat(f.read(nbytes), flat.dtype, count, key, big_endian))
+    return result
+
+
+def load_pickled_modules(path: Union[str, os.PathLike]) -> Any:
+    """Reads a ``torch.save`` file with the restricted unpickler: modules come back as ``StandIn``
+    records (``.state`` is the pickled ``__dict__``), tensors as tensors. Nothing from the file runs."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"convert_mdf: no such file {str(path)!r}")
+    return _load_zip(path) if zipfile.is_zipfile(path) else _load_legacy(path)
+
+
+# Hyper-parameters the MDF architecture fixes, checked on the recorded modules: class -> attr -> value.
+_ARCHITECTURE = {
+    "Conv2d": {"stride": (1, 1), "padding": (0, 0), "dilation": (1, 1), "groups": 1},
+    "BatchNorm2d": {"eps": 1e-5},
+    "LeakyReLU": {"negative_slope": 0.2},
+}
+
+
+def _module_state(record: Any, prefix: str, out: Dict[str, torch.Tensor]) -> None:
+    if not isinstance(record, StandIn) or not isinstance(getattr(record, "state", None), dict):
+        raise ValueError(f"convert_mdf: expected a pickled module at {prefix or 'the top'!r}, got {record!r}")
+    state = record.state
+    cls = record._pickled_name.rsplit(".", 1)[-1]
+    for attr, want in _ARCHITECTURE.get(cls, {}).items():
+        got = state.get(attr, want)
+        if (tuple(got) if isinstance(got, (list, tuple)) else got) != want:
+            raise ValueError(f"convert_mdf: {prefix.rstrip('.')} ({cls}) has {attr}={got!r}; MDF needs {want!r}")
+    skip = state.get("_non_persistent_buffers_set") or set()
+    for group in ("_parameters", "_buffers"):
+        for name, t in (state.get(group) or {}).items():
+            if t is None or (group == "_buffers" and name in skip):
+                continue
+            if not isinstance(t, torch.Tensor):
+                raise ValueError(f"convert_mdf: {prefix}{name} is {type(t).__name__}, not a tensor")
+            out[prefix + name] = t
+    for name, child in (state.get("_modules") or {}).items():
+        if child is not None:
+            _module_state(child, f"{prefix}{name}.", out)
+
+
+def _discriminator_list(root: Any) -> List[Any]:
+    if isinstance(root, (list, tuple)):
+        return list(root)
+    if isinstance(root, StandIn) and isinstance(getattr(root, "state", None), dict):
+        modules = root.state.get("_modules") or {}
+        if modules and all(k.isdigit() for k in modules):  # an nn.ModuleList
+            return [modules[k] for k in sorted(modules, key=int)]
+        return [root]
+    raise ValueError(f"convert_mdf: expected a list of discriminator modules, got {type(root).__name__}")
+
+
+def convert_mdf(src: Union[str, os.PathLike], dst: Union[str, os.PathLike]) -> Dict[str, torch.Tensor]:
+    """Converts a published MDF ``.pth`` (a pickled list of SinGAN ``WDiscriminator``) to safetensors.
+
+    Args:
+        src: the ``torch.save`` file (zip or legacy format).
+        dst: the safetensors file to write, laid out as ``"{k}.head.conv.weight"``, ... (discriminator
+            ``k`` in list order), which ``MDFLoss.from_file`` loads.
+
+    Returns:
+        The state dict written.
+
+    Raises:
+        UnsafePickleError: the pickle tried to call something other than a tensor rebuild (nothing ran).
+        ValueError: the file is not a ``torch.save`` file or not an MDF discriminator series.
+
+    Example:
+        >>> from pdl_ext.mdf_convert import convert_mdf
+        >>> convert_mdf("Ds_SISR.pth", "Ds_SISR.safetensors")   # doctest: +SKIP
+    """
+    root = load_pickled_modules(src)
+    state: Dict[str, torch.Tensor] = {}
+    if isinstance(root, dict) and root and all(isinstance(v, torch.Tensor) for v in root.values()):
+        state = dict(root)  # already a flat state dict
+    else:
+        for k, record in enumerate(_discriminator_list(root)):
+            _module_state(record, f"{k}.", state)
+    discriminators = discriminators_from_state_dict({k: v.clone() for k, v in state.items()}, "convert_mdf")
+    save_discriminators(discriminators, dst)
+    return discriminators_state_dict(discriminators)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("src", help="published discriminators, e.g. Ds_SISR.pth (read without running its code)")
+    parser.add_argument("dst", help="output .safetensors (loadable by pdl_ext.MDFLoss.from_file)")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        state = convert_mdf(args.src, args.dst)
+    except (FileNotFoundError, ValueError, pickle.UnpicklingError) as e:
+        print(f"pdl-ext convert-mdf: {e}", file=sys.stderr)
+        return 1
+    widths = [int(t.shape[0]) for k, t in state.items() if k.endswith(".head.conv.weight")]
+    print(f"wrote {len(widths)} discriminators (widths {widths}) to {args.dst}")
+    return 0
