@@ -13,14 +13,26 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
+#include "cpu/simd_sort.h"
 #include "cpu/wasserstein_1d_cpu.h"
 #include "wasserstein_1d.h"
 #include "wasserstein_math.h"
 
 // `import pdl_ext._C` loads this library, which runs the TORCH_LIBRARY registrations below.
+// _C.cpu_sort() names the sort the CPU kernels use for float32 rows here: "avx512" (rows up to
+// kSimdMaxRow) or "radix" (no AVX-512, or PDL_EXT_CPU_SORT=radix in the environment).
+namespace {
+PyObject* cpu_sort(PyObject*, PyObject*) {
+  return PyUnicode_FromString(pdl_ext::cpu::simd_sort_available() ? "avx512" : "radix");
+}
+PyMethodDef module_methods[] = {
+    {"cpu_sort", cpu_sort, METH_NOARGS, "The CPU sort of float32 rows: 'avx512' or 'radix'."},
+    {nullptr, nullptr, 0, nullptr}};
+}  // namespace
+
 extern "C" {
 PyObject* PyInit__C(void) {
-  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, module_methods};
   return PyModule_Create(&module_def);
 }
 }

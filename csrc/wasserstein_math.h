@@ -36,11 +36,12 @@ template <> struct KeyTraits<float> {
 #else
     std::memcpy(&u, &v, sizeof(u));
 #endif
-    const uint32_t mask = (u & 0x80000000u) ? 0xFFFFFFFFu : 0x80000000u;
+    // Negative: flip all bits; positive: flip the sign bit (branch-free: signs of data are random).
+    const uint32_t mask = static_cast<uint32_t>(static_cast<int32_t>(u) >> 31) | 0x80000000u;
     return u ^ mask;
   }
   PDL_HD static float from_key(Key k) {
-    const uint32_t mask = (k & 0x80000000u) ? 0x80000000u : 0xFFFFFFFFu;
+    const uint32_t mask = ((k >> 31) - 1u) | 0x80000000u;
     const uint32_t u = k ^ mask;
 #if defined(__CUDA_ARCH__)
     return __uint_as_float(u);
@@ -63,11 +64,11 @@ template <> struct KeyTraits<double> {
 #else
     std::memcpy(&u, &v, sizeof(u));
 #endif
-    const uint64_t mask = (u & 0x8000000000000000ull) ? ~0ull : 0x8000000000000000ull;
+    const uint64_t mask = static_cast<uint64_t>(static_cast<int64_t>(u) >> 63) | 0x8000000000000000ull;
     return u ^ mask;
   }
   PDL_HD static double from_key(Key k) {
-    const uint64_t mask = (k & 0x8000000000000000ull) ? 0x8000000000000000ull : ~0ull;
+    const uint64_t mask = ((k >> 63) - 1ull) | 0x8000000000000000ull;
     const uint64_t u = k ^ mask;
 #if defined(__CUDA_ARCH__)
     return __longlong_as_double(static_cast<long long>(u));

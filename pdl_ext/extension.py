@@ -45,7 +45,9 @@ def extension_info() -> Dict[str, Any]:
     Returns:
         dict with ``compiled`` (the C++ extension is loaded), ``cuda`` (CUDA kernels were compiled
         in), ``cuda_available`` (torch sees a GPU), ``version``, ``torch``, ``openmp``,
-        ``num_threads`` and, when not compiled, ``load_error``.
+        ``num_threads``, ``cpu_sort`` (the sort of the CPU kernels for float32 rows: ``"avx512"`` on
+        processors with AVX-512, else ``"radix"``; ``PDL_EXT_CPU_SORT=radix`` forces the radix sort)
+        and, when not compiled, ``load_error``.
 
     Example:
         >>> import pdl_ext
@@ -64,6 +66,8 @@ def extension_info() -> Dict[str, Any]:
         "openmp": torch.backends.openmp.is_available(),
         "num_threads": torch.get_num_threads(),
     }
-    if not COMPILED:
+    if COMPILED:
+        info["cpu_sort"] = _C.cpu_sort()
+    else:
         info["load_error"] = _LOAD_ERROR
     return info

@@ -19,6 +19,7 @@
 
 #include "../wasserstein_math.h"
 #include "radix_sort.h"
+#include "simd_sort.h"
 
 namespace pdl_ext {
 namespace cpu {
@@ -284,12 +285,92 @@ void forward_rows_f32(XL xl, YL yl, int64_t rows, int64_t n, int64_t m, int p, s
   });
 }
 
+// 32-bit keys sorted row by row with the AVX-512 merge sort (simd_sort.h): a side whose gradient is
+// wanted sorts 64-bit items (key << 32 | position), the other side its 32-bit keys alone.
+constexpr int64_t kSimdMaxRow = 4096;  // longer rows: the grouped radix sort is faster
+
+struct SimdSide {
+  bool pos;  // sort positions with the keys
+  std::vector<float> stage;  // the row as float32, unless it is one already
+  std::vector<uint64_t> a64, t64;
+  std::vector<uint32_t> a32, t32;
+  const uint64_t* s64 = nullptr;  // the sorted row (pos) ...
+  const uint32_t* s32 = nullptr;  // ... or its sorted keys (!pos)
+
+  SimdSide(bool with_pos, int64_t n) : pos(with_pos), stage(n) {
+    if (pos) {
+      a64.resize(simd_sort_capacity_u64(n));
+      t64.resize(a64.size());
+    } else {
+      a32.resize(simd_sort_capacity_u32(n));
+      t32.resize(a32.size());
+    }
+  }
+
+  // Loads and sorts one row of n items; false (nothing sorted) when the row holds a NaN.
+  template <typename RowView>
+  bool sort(RowView row, int64_t n) {
+    const float* src;
+    if constexpr (std::is_same_v<RowView, PlainRows<float>::Row>) {
+      src = row.p;
+    } else {
+      for (int64_t i = 0; i < n; ++i) stage[i] = row(i);
+      src = stage.data();
+    }
+    if (pos) {
+      if (simd_keys_u64(src, n, a64.data())) return false;
+      s64 = simd_sort_u64(a64.data(), t64.data(), n);
+    } else {
+      if (simd_keys_u32(src, n, a32.data())) return false;
+      s32 = simd_sort_u32(a32.data(), t32.data(), n);
+    }
+    return true;
+  }
+
+  float value(int64_t i) const {
+    return KeyTraits<float>::from_key(pos ? static_cast<uint32_t>(s64[i] >> 32) : s32[i]);
+  }
+  int32_t position(int64_t i) const { return static_cast<int32_t>(static_cast<uint32_t>(s64[i])); }
+};
+
+template <typename scalar_t, typename XL, typename YL>
+void forward_rows_f32_simd(XL xl, YL yl, int64_t rows, int64_t n, int64_t m, int p, scalar_t* loss,
+                           scalar_t* dx, scalar_t* dy) {
+  using A = float;
+  const int64_t grain = std::max<int64_t>(1, 16384 / (n + m));
+  at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
+    SimdSide sx(dx != nullptr, n), sy(dy != nullptr, m);  // scratch reused by every row of this chunk
+    for (int64_t r = begin; r < end; ++r) {
+      scalar_t* dxr = dx != nullptr ? dx + r * n : nullptr;
+      scalar_t* dyr = dy != nullptr ? dy + r * m : nullptr;
+      if (!sx.sort(xl.row(r), n) || !sy.sort(yl.row(r), m)) {
+        write_nan_row(r, n, m, loss, dxr, dyr);
+        continue;
+      }
+      double w;
+      if constexpr (std::is_same_v<scalar_t, float>) {
+        if (n == m && dxr != nullptr && dyr == nullptr) {  // a loss: x against a fixed target
+          loss[r] = static_cast<float>(simd_match_equal(sx.s64, sy.s32, n, p, dxr) / static_cast<double>(n));
+          continue;
+        }
+      }
+      w = match_row<A>(
+          n, m, p, [&](int64_t i) { return sx.value(i); }, [&](int64_t i) { return sx.position(i); },
+          [&](int64_t j) { return sy.value(j); }, [&](int64_t j) { return dyr != nullptr ? sy.position(j) : 0; },
+          dxr, dyr);
+      loss[r] = static_cast<scalar_t>(w);
+    }
+  });
+}
+
 // Runs the float32 (grouped) or float64 (per-row) forward on the given row loaders.
 template <typename scalar_t, typename XL, typename YL>
 void forward_rows(XL xl, YL yl, int64_t rows, int64_t n, int64_t m, int p, scalar_t* loss, scalar_t* dx,
                   scalar_t* dy) {
   if constexpr (std::is_same_v<at::opmath_type<scalar_t>, double>) {
     forward_rows_f64<scalar_t>(xl, yl, rows, n, m, p, loss, dx, dy);
+  } else if (std::max(n, m) <= kSimdMaxRow && simd_sort_available()) {
+    forward_rows_f32_simd<scalar_t>(xl, yl, rows, n, m, p, loss, dx, dy);
   } else {
     forward_rows_f32<scalar_t>(xl, yl, rows, n, m, p, loss, dx, dy);
   }

@@ -1,0 +1,354 @@
+// AVX-512 merge sort of one row of unsigned keys (see simd_sort.h).
+//
+// Blocks of up to 8 vectors are sorted in registers (a bitonic network inside each vector, then
+// bitonic merges of vectors), and sorted runs are merged pairwise through registers: the merge keeps
+// the larger half of the last merged vectors and loads the next vectors from the run whose head is
+// smaller (Inoue et al., "AA-sort", 2007; Chhugani et al., "Efficient implementation of sorting on
+// multi-core SIMD CPU architecture", 2008).
+//
+// Only this file is compiled for AVX-512 (target pragma below). It includes no library header after
+// the pragma and keeps its code in an anonymous namespace, so no inline function compiled for
+// AVX-512 can be shared with (and picked by the linker for) the portable code.
+#include "simd_sort.h"
+
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#define PDL_EXT_HAVE_AVX512_SORT 1
+#include <immintrin.h>
+#endif
+
+namespace pdl_ext {
+namespace cpu {
+
+namespace {
+
+constexpr int64_t round_up(int64_t n, int64_t b) { return (n + b - 1) / b * b; }
+
+bool env_allows_simd() {
+  const char* v = std::getenv("PDL_EXT_CPU_SORT");
+  return v == nullptr || std::strcmp(v, "radix") != 0;
+}
+
+}  // namespace
+
+int64_t simd_sort_capacity_u64(int64_t n) { return round_up(n, 64); }
+int64_t simd_sort_capacity_u32(int64_t n) { return round_up(n, 128); }
+
+#if PDL_EXT_HAVE_AVX512_SORT
+
+bool simd_sort_available() {
+  static const bool cpu = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                          __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
+  return cpu && env_allows_simd();
+}
+
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512dq,avx512vl")
+// GCC 12's avx512fintrin.h trips -Wuninitialized on its own _mm512_undefined_* helpers.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+
+namespace {
+
+template <int L, int Bit>
+constexpr unsigned lanes_with_bit() {
+  unsigned m = 0;
+  for (int i = 0; i < L; ++i) m |= ((i & Bit) != 0 ? 1u : 0u) << i;
+  return m;
+}
+
+// 8 lanes of uint64.
+struct U64x8 {
+  using T = uint64_t;
+  static constexpr int L = 8;
+  static __m512i load(const T* p) { return _mm512_loadu_si512(p); }
+  static void store(T* p, __m512i v) { _mm512_storeu_si512(p, v); }
+  static __m512i vmin(__m512i a, __m512i b) { return _mm512_min_epu64(a, b); }
+  static __m512i vmax(__m512i a, __m512i b) { return _mm512_max_epu64(a, b); }
+  template <int X>  // lane i <- lane i ^ X
+  static __m512i perm_xor(__m512i v) {
+    return _mm512_permutexvar_epi64(_mm512_set_epi64(7 ^ X, 6 ^ X, 5 ^ X, 4 ^ X, 3 ^ X, 2 ^ X, 1 ^ X, 0 ^ X), v);
+  }
+  template <int Bit>  // lanes whose index has Bit set take hi
+  static __m512i blend_bit(__m512i lo, __m512i hi) {
+    return _mm512_mask_blend_epi64(static_cast<__mmask8>(lanes_with_bit<L, Bit>()), lo, hi);
+  }
+  static constexpr T kMax = ~T(0);
+};
+
+// 16 lanes of uint32.
+struct U32x16 {
+  using T = uint32_t;
+  static constexpr int L = 16;
+  static __m512i load(const T* p) { return _mm512_loadu_si512(p); }
+  static void store(T* p, __m512i v) { _mm512_storeu_si512(p, v); }
+  static __m512i vmin(__m512i a, __m512i b) { return _mm512_min_epu32(a, b); }
+  static __m512i vmax(__m512i a, __m512i b) { return _mm512_max_epu32(a, b); }
+  template <int X>
+  static __m512i perm_xor(__m512i v) {
+    return _mm512_permutexvar_epi32(
+        _mm512_set_epi32(15 ^ X, 14 ^ X, 13 ^ X, 12 ^ X, 11 ^ X, 10 ^ X, 9 ^ X, 8 ^ X, 7 ^ X, 6 ^ X, 5 ^ X, 4 ^ X,
+                         3 ^ X, 2 ^ X, 1 ^ X, 0 ^ X),
+        v);
+  }
+  template <int Bit>
+  static __m512i blend_bit(__m512i lo, __m512i hi) {
+    return _mm512_mask_blend_epi32(static_cast<__mmask16>(lanes_with_bit<L, Bit>()), lo, hi);
+  }
+  static constexpr T kMax = ~T(0);
+};
+
+// Compare-exchange of lanes i and i ^ J inside a vector (the lane with bit J set keeps the max).
+template <class V, int J>
+inline __m512i cx_xor(__m512i v) {
+  const __m512i p = V::template perm_xor<J>(v);
+  return V::template blend_bit<J>(V::vmin(v, p), V::vmax(v, p));
+}
+
+// Half-cleaners at lane distances J, J/2, ..., 1: sorts every block of 2J lanes that is bitonic.
+template <class V, int J>
+inline __m512i clean(__m512i v) {
+  if constexpr (J >= 1) {
+    return clean<V, J / 2>(cx_xor<V, J>(v));
+  } else {
+    return v;
+  }
+}
+
+// Sorts the lanes of one vector: blocks of K lanes from sorted halves, K = 2, 4, ..., L (each step
+// compares lane i with its mirror in the block, then cleans the halves).
+template <class V, int K = 2>
+inline __m512i sort_lanes(__m512i v) {
+  if constexpr (K <= V::L) {
+    const __m512i p = V::template perm_xor<K - 1>(v);
+    v = V::template blend_bit<K / 2>(V::vmin(v, p), V::vmax(v, p));
+    return sort_lanes<V, 2 * K>(clean<V, K / 4>(v));
+  } else {
+    return v;
+  }
+}
+
+// r[0, R/2) and r[R/2, R) are sorted runs of vectors; merges them into one sorted run r[0, R).
+template <class V, int R>
+inline void merge_vectors(__m512i* r) {
+  for (int i = 0; i < R / 2; ++i) {  // element e against element R L - 1 - e
+    const __m512i b = V::template perm_xor<V::L - 1>(r[R - 1 - i]);
+    const __m512i lo = V::vmin(r[i], b);
+    r[R - 1 - i] = V::template perm_xor<V::L - 1>(V::vmax(r[i], b));
+    r[i] = lo;
+  }
+  for (int s = R / 4; s >= 1; s /= 2) {  // half-cleaners across vectors
+    for (int i = 0; i < R; ++i) {
+      if ((i & s) == 0) {
+        const __m512i lo = V::vmin(r[i], r[i + s]);
+        r[i + s] = V::vmax(r[i], r[i + s]);
+        r[i] = lo;
+      }
+    }
+  }
+  for (int i = 0; i < R; ++i) r[i] = clean<V, V::L / 2>(r[i]);
+}
+
+// Sorts R vectors of items at p in registers.
+template <class V, int R>
+inline void sort_block(typename V::T* p) {
+  __m512i r[R];
+  for (int i = 0; i < R; ++i) r[i] = sort_lanes<V>(V::load(p + i * V::L));
+  if constexpr (R >= 2) {
+    for (int i = 0; i < R; i += 2) merge_vectors<V, 2>(r + i);
+  }
+  if constexpr (R >= 4) {
+    for (int i = 0; i < R; i += 4) merge_vectors<V, 4>(r + i);
+  }
+  if constexpr (R >= 8) merge_vectors<V, 8>(r);
+  for (int i = 0; i < R; ++i) V::store(p + i * V::L, r[i]);
+}
+
+// Merges sorted runs a[0, na) and b[0, nb) (lengths multiples of W vectors, both > 0) into out,
+// W vectors at a time.
+template <class V, int W>
+inline void merge_runs(const typename V::T* a, int64_t na, const typename V::T* b, int64_t nb, typename V::T* out) {
+  using T = typename V::T;
+  constexpr int64_t U = int64_t(W) * V::L;
+  __m512i r[2 * W];
+  for (int i = 0; i < W; ++i) {
+    r[i] = V::load(a + i * V::L);
+    r[W + i] = V::load(b + i * V::L);
+  }
+  int64_t ia = U, ib = U;
+  merge_vectors<V, 2 * W>(r);
+  for (int i = 0; i < W; ++i) V::store(out + i * V::L, r[i]);
+  out += U;
+  while (ia < na || ib < nb) {
+    // Next vectors from the run with the smaller head (an exhausted run's head counts as +inf).
+    const T ha = ia < na ? a[ia] : V::kMax;
+    const T hb = ib < nb ? b[ib] : V::kMax;
+    const bool take_a = ib >= nb || (ia < na && ha <= hb);
+    const T* s = take_a ? a + ia : b + ib;
+    ia += take_a ? U : 0;
+    ib += take_a ? 0 : U;
+    for (int i = 0; i < W; ++i) {
+      r[i] = r[W + i];
+      r[W + i] = V::load(s + i * V::L);
+    }
+    merge_vectors<V, 2 * W>(r);
+    for (int i = 0; i < W; ++i) V::store(out + i * V::L, r[i]);
+    out += U;
+  }
+  for (int i = 0; i < W; ++i) V::store(out + i * V::L, r[W + i]);
+}
+
+template <class V, int W>
+typename V::T* sort_row(typename V::T* a, typename V::T* tmp, int64_t n) {
+  using T = typename V::T;
+  constexpr int64_t L = V::L;
+  int64_t regs = 1;  // vectors per block: the row's, up to 8
+  while (regs * L < n && regs < 8) regs *= 2;
+  const int64_t block = regs * L;
+  const int64_t padded = round_up(n, block);
+  for (int64_t i = n; i < padded; ++i) a[i] = V::kMax;
+  for (int64_t i = 0; i < padded; i += block) {
+    switch (regs) {
+      case 1: sort_block<V, 1>(a + i); break;
+      case 2: sort_block<V, 2>(a + i); break;
+      case 4: sort_block<V, 4>(a + i); break;
+      default: sort_block<V, 8>(a + i); break;
+    }
+  }
+  T* src = a;
+  T* dst = tmp;
+  for (int64_t run = block; run < padded; run *= 2) {  // here block = 8 L, a multiple of W L
+    for (int64_t i = 0; i < padded; i += 2 * run) {
+      const int64_t na = run < padded - i ? run : padded - i;
+      const int64_t nb = run < padded - i - na ? run : padded - i - na;
+      if (nb == 0) {
+        std::memcpy(dst + i, src + i, sizeof(T) * na);
+      } else {
+        merge_runs<V, W>(src + i, na, src + i + na, nb, dst + i);
+      }
+    }
+    T* t = src;
+    src = dst;
+    dst = t;
+  }
+  return src;
+}
+
+// KeyTraits<float>::to_key on 16 floats (as integers); -0 is folded onto +0 by adding +0.
+inline __m512i float_keys(__m512 v) {
+  const __m512i u = _mm512_castps_si512(_mm512_add_ps(v, _mm512_setzero_ps()));
+  const __m512i mask = _mm512_or_si512(_mm512_srai_epi32(u, 31), _mm512_set1_epi32(int32_t(0x80000000u)));
+  return _mm512_xor_si512(u, mask);
+}
+
+// KeyTraits<float>::from_key on 16 keys.
+inline __m512 key_floats(__m512i k) {
+  const __m512i mask = _mm512_or_si512(_mm512_sub_epi32(_mm512_srli_epi32(k, 31), _mm512_set1_epi32(1)),
+                                       _mm512_set1_epi32(int32_t(0x80000000u)));
+  return _mm512_castsi512_ps(_mm512_xor_si512(k, mask));
+}
+
+}  // namespace
+
+bool simd_keys_u64(const float* src, int64_t n, uint64_t* out) {
+  __mmask16 nan = 0;
+  __m512i pos = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+  // Interleaves (position, key) pairs of 32-bit lanes into 64-bit items: lo lanes 0-7, hi lanes 8-15.
+  const __m512i lo_idx = _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+  const __m512i hi_idx = _mm512_set_epi32(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8);
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m512 v = _mm512_loadu_ps(src + i);
+    nan |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+    const __m512i k = float_keys(v);
+    _mm512_storeu_si512(out + i, _mm512_permutex2var_epi32(pos, lo_idx, k));
+    _mm512_storeu_si512(out + i + 8, _mm512_permutex2var_epi32(pos, hi_idx, k));
+    pos = _mm512_add_epi32(pos, _mm512_set1_epi32(16));
+  }
+  if (i < n) {
+    const __mmask16 m = static_cast<__mmask16>((1u << (n - i)) - 1u);
+    const __m512 v = _mm512_maskz_loadu_ps(m, src + i);
+    nan |= _mm512_mask_cmp_ps_mask(m, v, v, _CMP_UNORD_Q);
+    const __m512i k = float_keys(v);
+    const __m512i lo = _mm512_permutex2var_epi32(pos, lo_idx, k);
+    const __m512i hi = _mm512_permutex2var_epi32(pos, hi_idx, k);
+    _mm512_mask_storeu_epi64(out + i, static_cast<__mmask8>(m & 0xFF), lo);
+    _mm512_mask_storeu_epi64(out + i + 8, static_cast<__mmask8>(m >> 8), hi);
+  }
+  return nan != 0;
+}
+
+bool simd_keys_u32(const float* src, int64_t n, uint32_t* out) {
+  __mmask16 nan = 0;
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m512 v = _mm512_loadu_ps(src + i);
+    nan |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+    _mm512_storeu_si512(out + i, float_keys(v));
+  }
+  if (i < n) {
+    const __mmask16 m = static_cast<__mmask16>((1u << (n - i)) - 1u);
+    const __m512 v = _mm512_maskz_loadu_ps(m, src + i);
+    nan |= _mm512_mask_cmp_ps_mask(m, v, v, _CMP_UNORD_Q);
+    _mm512_mask_storeu_epi32(out + i, m, float_keys(v));
+  }
+  return nan != 0;
+}
+
+double simd_match_equal(const uint64_t* x, const uint32_t* y, int64_t n, int p, float* dx) {
+  const float inv = static_cast<float>(1.0 / static_cast<double>(n));
+  const __m512 vinv = _mm512_set1_ps(inv);
+  const __m512 zero = _mm512_setzero_ps();
+  // Keys (odd 32-bit lanes) and positions (even lanes) of 16 items held in two vectors.
+  const __m512i key_idx = _mm512_set_epi32(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
+  const __m512i pos_idx = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+  __m512d acc_lo = _mm512_setzero_pd(), acc_hi = _mm512_setzero_pd();
+  int64_t i = 0;
+  for (; i < n; i += 16) {
+    const __mmask16 m = n - i >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << (n - i)) - 1u);
+    const __m512i a = _mm512_maskz_loadu_epi64(static_cast<__mmask8>(m & 0xFF), x + i);
+    const __m512i b = _mm512_maskz_loadu_epi64(static_cast<__mmask8>(m >> 8), x + i + 8);
+    const __m512 xv = key_floats(_mm512_permutex2var_epi32(a, key_idx, b));
+    const __m512i xp = _mm512_permutex2var_epi32(a, pos_idx, b);
+    const __m512 yv = key_floats(_mm512_maskz_loadu_epi32(m, y + i));
+    const __m512 d = _mm512_maskz_sub_ps(m, xv, yv);  // 0 in the lanes past the row: no cost
+    __m512 cost, g;
+    if (p == 1) {
+      cost = _mm512_abs_ps(d);
+      g = d;  // sign(d), 0 at 0, NaN stays NaN (pair_grad)
+      g = _mm512_mask_mov_ps(g, _mm512_cmp_ps_mask(d, zero, _CMP_GT_OQ), _mm512_set1_ps(1.0f));
+      g = _mm512_mask_mov_ps(g, _mm512_cmp_ps_mask(d, zero, _CMP_LT_OQ), _mm512_set1_ps(-1.0f));
+      g = _mm512_mask_mov_ps(g, _mm512_cmp_ps_mask(d, zero, _CMP_EQ_OQ), zero);
+    } else {
+      cost = _mm512_mul_ps(d, d);
+      g = _mm512_mul_ps(_mm512_set1_ps(2.0f), d);
+    }
+    acc_lo = _mm512_add_pd(acc_lo, _mm512_cvtps_pd(_mm512_castps512_ps256(cost)));
+    acc_hi = _mm512_add_pd(acc_hi, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(cost), 1))));
+    _mm512_mask_i32scatter_ps(dx, m, xp, _mm512_mul_ps(g, vinv), 4);
+  }
+  return _mm512_reduce_add_pd(_mm512_add_pd(acc_lo, acc_hi));
+}
+
+uint64_t* simd_sort_u64(uint64_t* a, uint64_t* tmp, int64_t n) { return sort_row<U64x8, 2>(a, tmp, n); }
+uint32_t* simd_sort_u32(uint32_t* a, uint32_t* tmp, int64_t n) { return sort_row<U32x16, 2>(a, tmp, n); }
+
+#pragma GCC diagnostic pop
+#pragma GCC pop_options
+
+#else  // no AVX-512 sort in this build: callers use the radix sort
+
+bool simd_sort_available() { return false; }
+uint64_t* simd_sort_u64(uint64_t* a, uint64_t*, int64_t) { std::abort(); return a; }
+uint32_t* simd_sort_u32(uint32_t* a, uint32_t*, int64_t) { std::abort(); return a; }
+bool simd_keys_u64(const float*, int64_t, uint64_t*) { std::abort(); }
+bool simd_keys_u32(const float*, int64_t, uint32_t*) { std::abort(); }
+double simd_match_equal(const uint64_t*, const uint32_t*, int64_t, int, float*) { std::abort(); }
+
+#endif
+
+}  // namespace cpu
+}  // namespace pdl_ext

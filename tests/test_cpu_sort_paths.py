@@ -1,0 +1,127 @@
+"""The two sorts of the CPU kernels for float32/16 rows: the AVX-512 merge sort and the portable radix sort.
+
+On a processor with AVX-512 the kernels sort rows up to 4096 long with the vectorized merge sort
+(csrc/cpu/simd_sort_avx512.cpp) and match equal-length rows of a loss (x needs its gradient, y not) with
+vector code; ``PDL_EXT_CPU_SORT=radix`` forces the radix sort. Both paths must give the same sorted order,
+so the same gradients bit for bit and the same distances up to the order of the float64 summation,
+and both must agree with the pure-PyTorch reference.
+"""
+import pytest
+import torch
+
+import pdl_ext
+from pdl_ext import extension, reference
+
+pytestmark = pytest.mark.skipif(not extension.COMPILED, reason="C++ extension not built")
+
+
+def _cpu_sort() -> str:
+    return pdl_ext._C.cpu_sort() if extension.COMPILED else "none"
+
+
+requires_avx512 = pytest.mark.skipif(_cpu_sort() != "avx512", reason="no AVX-512 on this processor")
+
+
+def _run(x, y, p, grad_x, grad_y, op=pdl_ext.wasserstein_1d):
+    x = x.detach().clone().requires_grad_(grad_x)
+    y = y.detach().clone().requires_grad_(grad_y)
+    w = op(x, y, p)
+    g = torch.linspace(0.5, 1.5, w.numel(), dtype=torch.float64).reshape(w.shape).to(w.dtype)
+    wanted = [t for t in (x, y) if t.requires_grad]
+    grads = torch.autograd.grad(w, wanted, g)
+    return w.detach(), grads
+
+
+def _both_paths(monkeypatch, *args, **kwargs):
+    monkeypatch.delenv("PDL_EXT_CPU_SORT", raising=False)
+    assert _cpu_sort() == "avx512"
+    fast = _run(*args, **kwargs)
+    monkeypatch.setenv("PDL_EXT_CPU_SORT", "radix")
+    assert _cpu_sort() == "radix"
+    slow = _run(*args, **kwargs)
+    monkeypatch.delenv("PDL_EXT_CPU_SORT")
+    return fast, slow
+
+
+def _data(kind, rows, n, m, dtype, seed):
+    g = torch.Generator().manual_seed(seed)
+    if kind == "normal":
+        x, y = torch.randn(rows, n, generator=g), torch.randn(rows, m, generator=g) * 1.3 + 0.2
+    elif kind == "ties":  # few distinct values, both signs of zero: the order among ties is by position
+        x = torch.randint(-2, 3, (rows, n), generator=g).float() * 0.5
+        y = torch.randint(-1, 2, (rows, m), generator=g).float()
+        x[x == 0] = torch.where(torch.rand(int((x == 0).sum()), generator=g) < 0.5, -0.0, 0.0)
+    elif kind == "relu":  # like CNN features: half exact zeros, the rest positive, some inf
+        x = torch.relu(torch.randn(rows, n, generator=g))
+        y = torch.relu(torch.randn(rows, m, generator=g) + 0.1)
+        x[0, : min(n, 2)] = float("inf")
+    else:
+        raise ValueError(kind)
+    return x.to(dtype), y.to(dtype)
+
+
+# Row lengths around every block size of the merge sort (16 and 8 lanes, blocks of 8 vectors, runs
+# that do not pair up) and the switch to the radix sort above 4096.
+LENGTHS = [1, 2, 7, 8, 9, 15, 16, 17, 63, 64, 65, 127, 128, 129, 200, 255, 256, 257, 1000, 1024, 2049, 4095, 4096, 4097]
+
+
+@requires_avx512
+@pytest.mark.parametrize("n", LENGTHS)
+@pytest.mark.parametrize("kind", ["normal", "ties", "relu"])
+def test_avx512_and_radix_agree_for_a_loss(monkeypatch, n, kind):
+    rows = 3 if n > 1000 else 9
+    x, y = _data(kind, rows, n, n, torch.float32, seed=n)
+    for p in (1, 2):
+        (w, (gx,)), (w_r, (gx_r,)) = _both_paths(monkeypatch, x, y, p, True, False)
+        assert torch.equal(gx, gx_r), f"n={n} {kind} p={p}: gradients differ between the sorts"
+        torch.testing.assert_close(w, w_r, rtol=1e-6, atol=0, equal_nan=True)
+        w_ref, (gx_ref,) = _run(x.double(), y.double(), p, True, False, op=reference.wasserstein_1d)
+        torch.testing.assert_close(w.double(), w_ref, rtol=1e-5, atol=1e-6, equal_nan=True)
+        torch.testing.assert_close(gx.double(), gx_ref, rtol=1e-5, atol=1e-7, equal_nan=True)
+
+
+@requires_avx512
+@pytest.mark.parametrize("n,m", [(64, 64), (100, 37), (37, 100), (1024, 1000), (3000, 4096)])
+@pytest.mark.parametrize("grads", [(True, True), (False, True), (True, False)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_avx512_and_radix_agree_for_every_gradient_and_dtype(monkeypatch, n, m, grads, dtype):
+    x, y = _data("ties" if n == 100 else "normal", 4, n, m, dtype, seed=n + 7 * m)
+    (w, g), (w_r, g_r) = _both_paths(monkeypatch, x, y, 1, *grads)
+    for a, b in zip(g, g_r):
+        assert torch.equal(a, b)
+    torch.testing.assert_close(w, w_r, rtol=1e-6 if dtype == torch.float32 else 1e-3, atol=0)
+    w_ref, g_ref = _run(x.double(), y.double(), 1, *grads, op=reference.wasserstein_1d)
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-3)
+    torch.testing.assert_close(w.double(), w_ref, **tol)
+    for a, b in zip(g, g_ref):
+        torch.testing.assert_close(a.double(), b, **tol)
+
+
+@requires_avx512
+@pytest.mark.parametrize("n", [5, 64, 300, 4096])
+def test_avx512_nan_rows_are_nan(monkeypatch, n):
+    x, y = _data("normal", 4, n, n, torch.float32, seed=3)
+    x[1, n // 2] = float("nan")
+    y[2, n - 1] = float("nan")
+    (w, (gx,)), (w_r, (gx_r,)) = _both_paths(monkeypatch, x, y, 1, True, False)
+    assert torch.isnan(w[1:3]).all() and not torch.isnan(w[[0, 3]]).any()
+    assert torch.isnan(gx[1:3]).all() and not torch.isnan(gx[[0, 3]]).any()
+    assert torch.equal(gx.nan_to_num(), gx_r.nan_to_num())
+
+
+@requires_avx512
+@pytest.mark.parametrize("n,m", [(49, 49), (256, 200)])
+def test_avx512_and_radix_agree_for_the_normalized_op(monkeypatch, n, m):
+    g = torch.Generator().manual_seed(n)
+    x = torch.relu(torch.randn(2, 5, n, generator=g))
+    y = torch.relu(torch.randn(2, 5, m, generator=g))
+    (w, (gx,)), (w_r, (gx_r,)) = _both_paths(monkeypatch, x, y, 2, True, False, op=pdl_ext.normalized_wasserstein_1d)
+    assert torch.equal(gx, gx_r)
+    torch.testing.assert_close(w, w_r, rtol=1e-6, atol=0)
+
+
+def test_cpu_sort_is_reported_and_can_be_forced(monkeypatch):
+    monkeypatch.setenv("PDL_EXT_CPU_SORT", "radix")
+    assert pdl_ext.extension_info()["cpu_sort"] == "radix"
+    monkeypatch.delenv("PDL_EXT_CPU_SORT")
+    assert pdl_ext.extension_info()["cpu_sort"] in ("avx512", "radix")
