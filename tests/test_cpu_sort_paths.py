@@ -62,7 +62,7 @@ def _data(kind, rows, n, m, dtype, seed):
 
 # Row lengths around every block size of the merge sort (16 and 8 lanes, blocks of 8 vectors, runs
 # that do not pair up) and the switch to the radix sort above 4096.
-LENGTHS = [1, 2, 7, 8, 9, 15, 16, 17, 63, 64, 65, 127, 128, 129, 200, 255, 256, 257, 1000, 1024, 2049, 4095, 4096, 4097]
+LENGTHS = [1, 2, 7, 8, 9, 15, 16, 17, 63, 64, 65, 127, 128, 129, 200, 255, 256, 257, 1000, 1024, 2049, 4095, 4096, 4097, 20000]
 
 
 @requires_avx512
@@ -81,7 +81,7 @@ def test_avx512_and_radix_agree_for_a_loss(monkeypatch, n, kind):
 
 
 @requires_avx512
-@pytest.mark.parametrize("n,m", [(64, 64), (100, 37), (37, 100), (1024, 1000), (3000, 4096)])
+@pytest.mark.parametrize("n,m", [(64, 64), (100, 37), (37, 100), (1024, 1000), (3000, 4096), (5000, 4097)])
 @pytest.mark.parametrize("grads", [(True, True), (False, True), (True, False)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_avx512_and_radix_agree_for_every_gradient_and_dtype(monkeypatch, n, m, grads, dtype):

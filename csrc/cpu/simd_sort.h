@@ -27,6 +27,11 @@ int64_t simd_sort_capacity_u32(int64_t n);
 uint64_t* simd_sort_u64(uint64_t* a, uint64_t* tmp, int64_t n);
 uint32_t* simd_sort_u32(uint32_t* a, uint32_t* tmp, int64_t n);
 
+// Two rows of the same length at once (their merges overlap): sorts a[k] with scratch tmp[k] and sets
+// out[k] to the buffer holding sorted row k, k = 0, 1.
+void simd_sort2_u64(uint64_t* const a[2], uint64_t* const tmp[2], int64_t n, uint64_t* out[2]);
+void simd_sort2_u32(uint32_t* const a[2], uint32_t* const tmp[2], int64_t n, uint32_t* out[2]);
+
 // Order-preserving keys of floats (KeyTraits<float>::to_key): out[i] = key(src[i]) << 32 | i (u64,
 // the position in the low half) or key(src[i]) (u32). Returns true when src holds a NaN.
 bool simd_keys_u64(const float* src, int64_t n, uint64_t* out);

@@ -68,13 +68,16 @@ struct U64x8 {
   static void store(T* p, __m512i v) { _mm512_storeu_si512(p, v); }
   static __m512i vmin(__m512i a, __m512i b) { return _mm512_min_epu64(a, b); }
   static __m512i vmax(__m512i a, __m512i b) { return _mm512_max_epu64(a, b); }
-  template <int X>  // lane i <- lane i ^ X
+  template <int X>  // lane i <- lane i ^ X (in-lane shuffles where they do)
   static __m512i perm_xor(__m512i v) {
+    if constexpr (X == 1) return _mm512_shuffle_epi32(v, _MM_PERM_BADC);
+    if constexpr (X == 2) return _mm512_shuffle_i64x2(v, v, _MM_SHUFFLE(2, 3, 0, 1));
+    if constexpr (X == 4) return _mm512_shuffle_i64x2(v, v, _MM_SHUFFLE(1, 0, 3, 2));
     return _mm512_permutexvar_epi64(_mm512_set_epi64(7 ^ X, 6 ^ X, 5 ^ X, 4 ^ X, 3 ^ X, 2 ^ X, 1 ^ X, 0 ^ X), v);
   }
-  template <int Bit>  // lanes whose index has Bit set take hi
-  static __m512i blend_bit(__m512i lo, __m512i hi) {
-    return _mm512_mask_blend_epi64(static_cast<__mmask8>(lanes_with_bit<L, Bit>()), lo, hi);
+  template <int Bit>  // min(v, p) in the lanes without Bit, max(v, p) in the lanes with it
+  static __m512i minmax_bit(__m512i v, __m512i p) {
+    return _mm512_mask_max_epu64(_mm512_min_epu64(v, p), static_cast<__mmask8>(lanes_with_bit<L, Bit>()), v, p);
   }
   static constexpr T kMax = ~T(0);
 };
@@ -89,14 +92,18 @@ struct U32x16 {
   static __m512i vmax(__m512i a, __m512i b) { return _mm512_max_epu32(a, b); }
   template <int X>
   static __m512i perm_xor(__m512i v) {
+    if constexpr (X == 1) return _mm512_shuffle_epi32(v, _MM_PERM_CDAB);
+    if constexpr (X == 2) return _mm512_shuffle_epi32(v, _MM_PERM_BADC);
+    if constexpr (X == 4) return _mm512_shuffle_i32x4(v, v, _MM_SHUFFLE(2, 3, 0, 1));
+    if constexpr (X == 8) return _mm512_shuffle_i32x4(v, v, _MM_SHUFFLE(1, 0, 3, 2));
     return _mm512_permutexvar_epi32(
         _mm512_set_epi32(15 ^ X, 14 ^ X, 13 ^ X, 12 ^ X, 11 ^ X, 10 ^ X, 9 ^ X, 8 ^ X, 7 ^ X, 6 ^ X, 5 ^ X, 4 ^ X,
                          3 ^ X, 2 ^ X, 1 ^ X, 0 ^ X),
         v);
   }
   template <int Bit>
-  static __m512i blend_bit(__m512i lo, __m512i hi) {
-    return _mm512_mask_blend_epi32(static_cast<__mmask16>(lanes_with_bit<L, Bit>()), lo, hi);
+  static __m512i minmax_bit(__m512i v, __m512i p) {
+    return _mm512_mask_max_epu32(_mm512_min_epu32(v, p), static_cast<__mmask16>(lanes_with_bit<L, Bit>()), v, p);
   }
   static constexpr T kMax = ~T(0);
 };
@@ -104,8 +111,7 @@ struct U32x16 {
 // Compare-exchange of lanes i and i ^ J inside a vector (the lane with bit J set keeps the max).
 template <class V, int J>
 inline __m512i cx_xor(__m512i v) {
-  const __m512i p = V::template perm_xor<J>(v);
-  return V::template blend_bit<J>(V::vmin(v, p), V::vmax(v, p));
+  return V::template minmax_bit<J>(v, V::template perm_xor<J>(v));
 }
 
 // Half-cleaners at lane distances J, J/2, ..., 1: sorts every block of 2J lanes that is bitonic.
@@ -123,8 +129,7 @@ inline __m512i clean(__m512i v) {
 template <class V, int K = 2>
 inline __m512i sort_lanes(__m512i v) {
   if constexpr (K <= V::L) {
-    const __m512i p = V::template perm_xor<K - 1>(v);
-    v = V::template blend_bit<K / 2>(V::vmin(v, p), V::vmax(v, p));
+    v = V::template minmax_bit<K / 2>(v, V::template perm_xor<K - 1>(v));
     return sort_lanes<V, 2 * K>(clean<V, K / 4>(v));
   } else {
     return v;
@@ -134,12 +139,15 @@ inline __m512i sort_lanes(__m512i v) {
 // r[0, R/2) and r[R/2, R) are sorted runs of vectors; merges them into one sorted run r[0, R).
 template <class V, int R>
 inline void merge_vectors(__m512i* r) {
-  for (int i = 0; i < R / 2; ++i) {  // element e against element R L - 1 - e
+  // The first run followed by the second reversed is bitonic: its half-cleaner compares vector i of
+  // the first run with the reversed vector R - 1 - i of the second.
+  __m512i hi[R / 2];
+  for (int i = 0; i < R / 2; ++i) {
     const __m512i b = V::template perm_xor<V::L - 1>(r[R - 1 - i]);
-    const __m512i lo = V::vmin(r[i], b);
-    r[R - 1 - i] = V::template perm_xor<V::L - 1>(V::vmax(r[i], b));
-    r[i] = lo;
+    hi[i] = V::vmax(r[i], b);
+    r[i] = V::vmin(r[i], b);
   }
+  for (int i = 0; i < R / 2; ++i) r[R / 2 + i] = hi[i];
   for (int s = R / 4; s >= 1; s /= 2) {  // half-cleaners across vectors
     for (int i = 0; i < R; ++i) {
       if ((i & s) == 0) {
@@ -167,23 +175,32 @@ inline void sort_block(typename V::T* p) {
   for (int i = 0; i < R; ++i) V::store(p + i * V::L, r[i]);
 }
 
-// Merges sorted runs a[0, na) and b[0, nb) (lengths multiples of W vectors, both > 0) into out,
-// W vectors at a time.
+// One merge of sorted runs a[0, na) and b[0, nb) (lengths multiples of W vectors, both > 0) into out,
+// W vectors at a time: r[W, 2W) holds the larger half of the last merge, the next W vectors come from
+// the run whose head is smaller (an exhausted run's head counts as +inf).
 template <class V, int W>
-inline void merge_runs(const typename V::T* a, int64_t na, const typename V::T* b, int64_t nb, typename V::T* out) {
+struct RunMerge {
   using T = typename V::T;
-  constexpr int64_t U = int64_t(W) * V::L;
+  static constexpr int64_t U = int64_t(W) * V::L;
+  const T* a;
+  const T* b;
+  T* out;
+  int64_t na, nb, ia = U, ib = U;
   __m512i r[2 * W];
-  for (int i = 0; i < W; ++i) {
-    r[i] = V::load(a + i * V::L);
-    r[W + i] = V::load(b + i * V::L);
+
+  inline void start() {
+    for (int i = 0; i < W; ++i) {
+      r[i] = V::load(a + i * V::L);
+      r[W + i] = V::load(b + i * V::L);
+    }
+    emit();
   }
-  int64_t ia = U, ib = U;
-  merge_vectors<V, 2 * W>(r);
-  for (int i = 0; i < W; ++i) V::store(out + i * V::L, r[i]);
-  out += U;
-  while (ia < na || ib < nb) {
-    // Next vectors from the run with the smaller head (an exhausted run's head counts as +inf).
+  inline void emit() {
+    merge_vectors<V, 2 * W>(r);
+    for (int i = 0; i < W; ++i) V::store(out + i * V::L, r[i]);
+    out += U;
+  }
+  inline void step() {
     const T ha = ia < na ? a[ia] : V::kMax;
     const T hb = ib < nb ? b[ib] : V::kMax;
     const bool take_a = ib >= nb || (ia < na && ha <= hb);
@@ -194,21 +211,39 @@ inline void merge_runs(const typename V::T* a, int64_t na, const typename V::T* 
       r[i] = r[W + i];
       r[W + i] = V::load(s + i * V::L);
     }
-    merge_vectors<V, 2 * W>(r);
-    for (int i = 0; i < W; ++i) V::store(out + i * V::L, r[i]);
-    out += U;
+    emit();
   }
-  for (int i = 0; i < W; ++i) V::store(out + i * V::L, r[W + i]);
+  inline void finish() {
+    for (int i = 0; i < W; ++i) V::store(out + i * V::L, r[W + i]);
+  }
+};
+
+// Merges two independent pairs of runs of the same lengths in one loop: the two dependency chains
+// (each step waits for the previous merge) overlap, which a single merge leaves idle.
+template <class V, int W>
+inline void merge_runs2(RunMerge<V, W>& m1, RunMerge<V, W>& m2) {
+  m1.start();
+  m2.start();
+  const int64_t steps = (m1.na + m1.nb) / RunMerge<V, W>::U - 2;
+  for (int64_t k = 0; k < steps; ++k) {
+    m1.step();
+    m2.step();
+  }
+  m1.finish();
+  m2.finish();
 }
 
-template <class V, int W>
-typename V::T* sort_row(typename V::T* a, typename V::T* tmp, int64_t n) {
-  using T = typename V::T;
-  constexpr int64_t L = V::L;
+template <class V>
+inline int64_t block_vectors(int64_t n) {
   int64_t regs = 1;  // vectors per block: the row's, up to 8
-  while (regs * L < n && regs < 8) regs *= 2;
-  const int64_t block = regs * L;
-  const int64_t padded = round_up(n, block);
+  while (regs * V::L < n && regs < 8) regs *= 2;
+  return regs;
+}
+
+// Pads a[n, padded) with the largest key and sorts each block of `regs` vectors in registers.
+template <class V>
+inline void sort_blocks(typename V::T* a, int64_t n, int64_t regs, int64_t padded) {
+  const int64_t block = regs * V::L;
   for (int64_t i = n; i < padded; ++i) a[i] = V::kMax;
   for (int64_t i = 0; i < padded; i += block) {
     switch (regs) {
@@ -218,23 +253,47 @@ typename V::T* sort_row(typename V::T* a, typename V::T* tmp, int64_t n) {
       default: sort_block<V, 8>(a + i); break;
     }
   }
-  T* src = a;
-  T* dst = tmp;
+}
+
+// Sorts rows (a[k], n) for k < rows (1 or 2 rows of the same length) with tmp[k] as scratch; returns
+// in out[k] the buffer holding each sorted row. Two rows are merged in lockstep (merge_runs2).
+template <class V, int W>
+void sort_rows(typename V::T* const* a, typename V::T* const* tmp, int rows, int64_t n, typename V::T** out) {
+  using T = typename V::T;
+  const int64_t regs = block_vectors<V>(n);
+  const int64_t block = regs * V::L;
+  const int64_t padded = round_up(n, block);
+  T* src[2];
+  T* dst[2];
+  for (int k = 0; k < rows; ++k) {
+    sort_blocks<V>(a[k], n, regs, padded);
+    src[k] = a[k];
+    dst[k] = tmp[k];
+  }
   for (int64_t run = block; run < padded; run *= 2) {  // here block = 8 L, a multiple of W L
     for (int64_t i = 0; i < padded; i += 2 * run) {
       const int64_t na = run < padded - i ? run : padded - i;
       const int64_t nb = run < padded - i - na ? run : padded - i - na;
       if (nb == 0) {
-        std::memcpy(dst + i, src + i, sizeof(T) * na);
+        for (int k = 0; k < rows; ++k) std::memcpy(dst[k] + i, src[k] + i, sizeof(T) * na);
+      } else if (rows == 2) {
+        RunMerge<V, W> m1{src[0] + i, src[0] + i + na, dst[0] + i, na, nb};
+        RunMerge<V, W> m2{src[1] + i, src[1] + i + na, dst[1] + i, na, nb};
+        merge_runs2(m1, m2);
       } else {
-        merge_runs<V, W>(src + i, na, src + i + na, nb, dst + i);
+        RunMerge<V, W> m{src[0] + i, src[0] + i + na, dst[0] + i, na, nb};
+        m.start();
+        while (m.ia < na || m.ib < nb) m.step();
+        m.finish();
       }
     }
-    T* t = src;
-    src = dst;
-    dst = t;
+    for (int k = 0; k < rows; ++k) {
+      T* t = src[k];
+      src[k] = dst[k];
+      dst[k] = t;
+    }
   }
-  return src;
+  for (int k = 0; k < rows; ++k) out[k] = src[k];
 }
 
 // KeyTraits<float>::to_key on 16 floats (as integers); -0 is folded onto +0 by adding +0.
@@ -333,8 +392,22 @@ double simd_match_equal(const uint64_t* x, const uint32_t* y, int64_t n, int p, 
   return _mm512_reduce_add_pd(_mm512_add_pd(acc_lo, acc_hi));
 }
 
-uint64_t* simd_sort_u64(uint64_t* a, uint64_t* tmp, int64_t n) { return sort_row<U64x8, 2>(a, tmp, n); }
-uint32_t* simd_sort_u32(uint32_t* a, uint32_t* tmp, int64_t n) { return sort_row<U32x16, 2>(a, tmp, n); }
+uint64_t* simd_sort_u64(uint64_t* a, uint64_t* tmp, int64_t n) {
+  uint64_t* out;
+  sort_rows<U64x8, 2>(&a, &tmp, 1, n, &out);
+  return out;
+}
+uint32_t* simd_sort_u32(uint32_t* a, uint32_t* tmp, int64_t n) {
+  uint32_t* out;
+  sort_rows<U32x16, 2>(&a, &tmp, 1, n, &out);
+  return out;
+}
+void simd_sort2_u64(uint64_t* const a[2], uint64_t* const tmp[2], int64_t n, uint64_t* out[2]) {
+  sort_rows<U64x8, 2>(a, tmp, 2, n, out);
+}
+void simd_sort2_u32(uint32_t* const a[2], uint32_t* const tmp[2], int64_t n, uint32_t* out[2]) {
+  sort_rows<U32x16, 2>(a, tmp, 2, n, out);
+}
 
 #pragma GCC diagnostic pop
 #pragma GCC pop_options
@@ -344,6 +417,8 @@ uint32_t* simd_sort_u32(uint32_t* a, uint32_t* tmp, int64_t n) { return sort_row
 bool simd_sort_available() { return false; }
 uint64_t* simd_sort_u64(uint64_t* a, uint64_t*, int64_t) { std::abort(); return a; }
 uint32_t* simd_sort_u32(uint32_t* a, uint32_t*, int64_t) { std::abort(); return a; }
+void simd_sort2_u64(uint64_t* const*, uint64_t* const*, int64_t, uint64_t**) { std::abort(); }
+void simd_sort2_u32(uint32_t* const*, uint32_t* const*, int64_t, uint32_t**) { std::abort(); }
 bool simd_keys_u64(const float*, int64_t, uint64_t*) { std::abort(); }
 bool simd_keys_u32(const float*, int64_t, uint32_t*) { std::abort(); }
 double simd_match_equal(const uint64_t*, const uint32_t*, int64_t, int, float*) { std::abort(); }

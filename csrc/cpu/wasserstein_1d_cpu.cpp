@@ -285,31 +285,41 @@ void forward_rows_f32(XL xl, YL yl, int64_t rows, int64_t n, int64_t m, int p, s
   });
 }
 
-// 32-bit keys sorted row by row with the AVX-512 merge sort (simd_sort.h): a side whose gradient is
-// wanted sorts 64-bit items (key << 32 | position), the other side its 32-bit keys alone.
-constexpr int64_t kSimdMaxRow = 4096;  // longer rows: the grouped radix sort is faster
+// On processors with AVX-512 (simd_sort.h), 32-bit keys are sorted row by row: a side whose gradient
+// is wanted sorts 64-bit items (key << 32 | position), the other side its 32-bit keys alone. Short
+// rows use the vectorized merge sort, two rows at a time; rows longer than these limits the radix sort
+// (3 passes of 11 bits over the key), which then costs less than the merge sort's log2(n / 64) passes
+// (measured here: 64-bit items 4.9 vs 5.2 ns per item at 2048, 5.6 vs 5.4 at 4096; 32-bit keys 3.1 vs
+// 3.8 at 8192, 3.6 vs 3.5 at 16384).
+constexpr int64_t kSimdMaxRow64 = 2048;
+constexpr int64_t kSimdMaxRow32 = 8192;
 
+// Two row slots of one side (x or y): load keys, sort, read back values and positions.
 struct SimdSide {
   bool pos;  // sort positions with the keys
-  std::vector<float> stage;  // the row as float32, unless it is one already
-  std::vector<uint64_t> a64, t64;
-  std::vector<uint32_t> a32, t32;
-  const uint64_t* s64 = nullptr;  // the sorted row (pos) ...
-  const uint32_t* s32 = nullptr;  // ... or its sorted keys (!pos)
+  int64_t n;
+  std::vector<float> stage;  // a row as float32, unless it is one already
+  std::vector<uint64_t> a64[2], t64[2];
+  std::vector<uint32_t> a32[2], t32[2];
+  std::vector<uint32_t> hist;          // radix counters (long rows)
+  const uint64_t* s64[2] = {nullptr, nullptr};  // the sorted rows (pos) ...
+  const uint32_t* s32[2] = {nullptr, nullptr};  // ... or their sorted keys (!pos)
 
-  SimdSide(bool with_pos, int64_t n) : pos(with_pos), stage(n) {
-    if (pos) {
-      a64.resize(simd_sort_capacity_u64(n));
-      t64.resize(a64.size());
-    } else {
-      a32.resize(simd_sort_capacity_u32(n));
-      t32.resize(a32.size());
+  SimdSide(bool with_pos, int64_t len) : pos(with_pos), n(len), stage(len), hist(3 << 11) {
+    for (int k = 0; k < 2; ++k) {
+      if (pos) {
+        a64[k].resize(simd_sort_capacity_u64(n));
+        t64[k].resize(a64[k].size());
+      } else {
+        a32[k].resize(simd_sort_capacity_u32(n));
+        t32[k].resize(a32[k].size());
+      }
     }
   }
 
-  // Loads and sorts one row of n items; false (nothing sorted) when the row holds a NaN.
+  // Loads the keys of a row into slot k; false when the row holds a NaN.
   template <typename RowView>
-  bool sort(RowView row, int64_t n) {
+  bool load(int k, RowView row) {
     const float* src;
     if constexpr (std::is_same_v<RowView, PlainRows<float>::Row>) {
       src = row.p;
@@ -317,48 +327,88 @@ struct SimdSide {
       for (int64_t i = 0; i < n; ++i) stage[i] = row(i);
       src = stage.data();
     }
-    if (pos) {
-      if (simd_keys_u64(src, n, a64.data())) return false;
-      s64 = simd_sort_u64(a64.data(), t64.data(), n);
-    } else {
-      if (simd_keys_u32(src, n, a32.data())) return false;
-      s32 = simd_sort_u32(a32.data(), t32.data(), n);
-    }
-    return true;
+    return pos ? !simd_keys_u64(src, n, a64[k].data()) : !simd_keys_u32(src, n, a32[k].data());
   }
 
-  float value(int64_t i) const {
-    return KeyTraits<float>::from_key(pos ? static_cast<uint32_t>(s64[i] >> 32) : s32[i]);
+  void sort_one(int k) {
+    if (pos) {
+      s64[k] = n <= kSimdMaxRow64 ? simd_sort_u64(a64[k].data(), t64[k].data(), n)
+                                  : radix_sort<32, 11>(a64[k].data(), t64[k].data(), n,
+                                                       [](uint64_t v) { return v >> 32; }, hist.data());
+    } else {
+      s32[k] = n <= kSimdMaxRow32 ? simd_sort_u32(a32[k].data(), t32[k].data(), n)
+                                  : radix_sort<32, 11>(a32[k].data(), t32[k].data(), n,
+                                                       [](uint32_t v) { return v; }, hist.data());
+    }
   }
-  int32_t position(int64_t i) const { return static_cast<int32_t>(static_cast<uint32_t>(s64[i])); }
+
+  // Sorts the loaded slots k < count whose ok[k] is set.
+  void sort(int count, const bool* ok) {
+    if (count == 2 && ok[0] && ok[1] && n <= (pos ? kSimdMaxRow64 : kSimdMaxRow32)) {
+      if (pos) {
+        uint64_t* const a[2] = {a64[0].data(), a64[1].data()};
+        uint64_t* const t[2] = {t64[0].data(), t64[1].data()};
+        uint64_t* out[2];
+        simd_sort2_u64(a, t, n, out);
+        s64[0] = out[0];
+        s64[1] = out[1];
+      } else {
+        uint32_t* const a[2] = {a32[0].data(), a32[1].data()};
+        uint32_t* const t[2] = {t32[0].data(), t32[1].data()};
+        uint32_t* out[2];
+        simd_sort2_u32(a, t, n, out);
+        s32[0] = out[0];
+        s32[1] = out[1];
+      }
+      return;
+    }
+    for (int k = 0; k < count; ++k) {
+      if (ok[k]) sort_one(k);
+    }
+  }
+
+  float value(int k, int64_t i) const {
+    return KeyTraits<float>::from_key(pos ? static_cast<uint32_t>(s64[k][i] >> 32) : s32[k][i]);
+  }
+  int32_t position(int k, int64_t i) const { return static_cast<int32_t>(static_cast<uint32_t>(s64[k][i])); }
 };
 
 template <typename scalar_t, typename XL, typename YL>
 void forward_rows_f32_simd(XL xl, YL yl, int64_t rows, int64_t n, int64_t m, int p, scalar_t* loss,
                            scalar_t* dx, scalar_t* dy) {
   using A = float;
-  const int64_t grain = std::max<int64_t>(1, 16384 / (n + m));
+  const int64_t grain = std::max<int64_t>(2, 16384 / (n + m));
   at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
     SimdSide sx(dx != nullptr, n), sy(dy != nullptr, m);  // scratch reused by every row of this chunk
-    for (int64_t r = begin; r < end; ++r) {
-      scalar_t* dxr = dx != nullptr ? dx + r * n : nullptr;
-      scalar_t* dyr = dy != nullptr ? dy + r * m : nullptr;
-      if (!sx.sort(xl.row(r), n) || !sy.sort(yl.row(r), m)) {
-        write_nan_row(r, n, m, loss, dxr, dyr);
-        continue;
+    for (int64_t r0 = begin; r0 < end; r0 += 2) {
+      const int count = static_cast<int>(std::min<int64_t>(2, end - r0));
+      bool ok_x[2] = {false, false}, ok_y[2] = {false, false}, ok[2];
+      for (int k = 0; k < count; ++k) {
+        ok_x[k] = sx.load(k, xl.row(r0 + k));
+        ok_y[k] = sy.load(k, yl.row(r0 + k));
+        ok[k] = ok_x[k] && ok_y[k];
       }
-      double w;
-      if constexpr (std::is_same_v<scalar_t, float>) {
-        if (n == m && dxr != nullptr && dyr == nullptr) {  // a loss: x against a fixed target
-          loss[r] = static_cast<float>(simd_match_equal(sx.s64, sy.s32, n, p, dxr) / static_cast<double>(n));
+      sx.sort(count, ok);
+      sy.sort(count, ok);
+      for (int k = 0; k < count; ++k) {
+        const int64_t r = r0 + k;
+        scalar_t* dxr = dx != nullptr ? dx + r * n : nullptr;
+        scalar_t* dyr = dy != nullptr ? dy + r * m : nullptr;
+        if (!ok[k]) {
+          write_nan_row(r, n, m, loss, dxr, dyr);
           continue;
         }
+        if constexpr (std::is_same_v<scalar_t, float>) {
+          if (n == m && dxr != nullptr && dyr == nullptr) {  // a loss: x against a fixed target
+            loss[r] = static_cast<float>(simd_match_equal(sx.s64[k], sy.s32[k], n, p, dxr) / static_cast<double>(n));
+            continue;
+          }
+        }
+        loss[r] = static_cast<scalar_t>(match_row<A>(
+            n, m, p, [&](int64_t i) { return sx.value(k, i); }, [&](int64_t i) { return sx.position(k, i); },
+            [&](int64_t j) { return sy.value(k, j); },
+            [&](int64_t j) { return dyr != nullptr ? sy.position(k, j) : 0; }, dxr, dyr));
       }
-      w = match_row<A>(
-          n, m, p, [&](int64_t i) { return sx.value(i); }, [&](int64_t i) { return sx.position(i); },
-          [&](int64_t j) { return sy.value(j); }, [&](int64_t j) { return dyr != nullptr ? sy.position(j) : 0; },
-          dxr, dyr);
-      loss[r] = static_cast<scalar_t>(w);
     }
   });
 }
@@ -369,7 +419,7 @@ void forward_rows(XL xl, YL yl, int64_t rows, int64_t n, int64_t m, int p, scala
                   scalar_t* dy) {
   if constexpr (std::is_same_v<at::opmath_type<scalar_t>, double>) {
     forward_rows_f64<scalar_t>(xl, yl, rows, n, m, p, loss, dx, dy);
-  } else if (std::max(n, m) <= kSimdMaxRow && simd_sort_available()) {
+  } else if (simd_sort_available()) {
     forward_rows_f32_simd<scalar_t>(xl, yl, rows, n, m, p, loss, dx, dy);
   } else {
     forward_rows_f32<scalar_t>(xl, yl, rows, n, m, p, loss, dx, dy);
