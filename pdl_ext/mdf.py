@@ -18,10 +18,13 @@ import torch.nn as nn
 
 from ._checks import check_float, check_p, check_reduction, check_same_dtype_device, check_tensor, reduce
 from .projection import projected_distance
+from .weights import check_float_tensors
 
 # Five unpadded 3x3 convolutions: an output pixel sees 11x11 input pixels.
 RECEPTIVE_FIELD = 11
 DISTANCES = ("mse", "pdl")
+# The paper's loss uses the first 8 discriminators of a series (fewer when a series holds fewer).
+PAPER_SCALES = 8
 
 
 class ConvBlock(nn.Sequential):
@@ -89,39 +92,59 @@ def save_discriminators(discriminators: Iterable[nn.Module], path: Union[str, os
     save_file(discriminators_state_dict(discriminators), str(path))
 
 
-def discriminators_from_state_dict(state: Dict[str, torch.Tensor], fn: str = "MDFLoss.from_file") -> nn.ModuleList:
-    """Builds the series a ``"{k}.{name}"`` state dict describes; widths and count come from the tensors."""
+def _resolve_num_scales(num_scales: Optional[int], count: int) -> Optional[int]:
+    # None: the paper's 8, or every discriminator of a shorter series; explicit values are checked by the caller.
+    return min(PAPER_SCALES, count) if num_scales is None else num_scales
+
+
+def discriminators_from_state_dict(
+    state: Dict[str, torch.Tensor], fn: str = "MDFLoss.from_file", source: Optional[str] = None
+) -> nn.ModuleList:
+    """Builds the series a ``"{k}.{name}"`` state dict describes; widths and count come from the tensors.
+
+    Every key, shape and dtype is checked before any module is built, so a crafted width allocates
+    nothing; integer, bool or complex tensors for float parameters are refused, not cast. Error
+    messages start with ``fn`` and, when given, ``source`` (where ``state`` was read, e.g. a file).
+    """
+    where = f"{fn}: {source}:" if source is not None else f"{fn}:"
     indices = set()
     for key in state:
         m = re.match(r"(\d+)\.", key)
         if m is None:
-            raise ValueError(f"{fn}: keys must look like '{{k}}.head.conv.weight', got {key!r}")
+            raise ValueError(f"{where} keys must look like '{{k}}.head.conv.weight', got {key!r}")
         indices.add(int(m.group(1)))
     if not indices or sorted(indices) != list(range(len(indices))):
-        raise ValueError(f"{fn}: discriminator indices must be 0..n-1, got {sorted(indices)}")
-    discriminators = nn.ModuleList()
+        raise ValueError(f"{where} discriminator indices must be 0..n-1, got {sorted(indices)}")
+    widths = []
     for k in range(len(indices)):
         head = state.get(f"{k}.head.conv.weight")
-        if head is None or head.dim() != 4 or tuple(head.shape[1:]) != (3, 3, 3):
+        if head is None or head.dim() != 4 or tuple(head.shape[1:]) != (3, 3, 3) or head.shape[0] < 1:
             got = None if head is None else tuple(head.shape)
-            raise ValueError(f"{fn}: {k}.head.conv.weight must have shape (W, 3, 3, 3), got {got}")
-        d = MDFDiscriminator(head.shape[0])
+            raise ValueError(f"{where} {k}.head.conv.weight must have shape (W, 3, 3, 3), got {got}")
+        width = int(head.shape[0])
         sub = {key[len(f"{k}."):]: t for key, t in state.items() if key.startswith(f"{k}.")}
-        expected = d.state_dict()
+        with torch.device("meta"):  # the expected shapes and dtypes, without allocating the weights
+            expected = MDFDiscriminator(width).state_dict()
         missing = sorted(set(expected) - set(sub))
         unexpected = sorted(set(sub) - set(expected))
         if missing or unexpected:
             raise ValueError(
-                f"{fn}: discriminator {k} does not have the MDF layout: "
+                f"{where} discriminator {k} does not have the MDF layout: "
                 f"missing {missing[:4]}, unexpected {unexpected[:4]}"
             )
         for name, t in sub.items():
             if t.shape != expected[name].shape:
                 raise ValueError(
-                    f"{fn}: {k}.{name} must have shape {tuple(expected[name].shape)} (width {d.width}), "
+                    f"{where} {k}.{name} must have shape {tuple(expected[name].shape)} (width {width}), "
                     f"got {tuple(t.shape)}"
                 )
-        d.load_state_dict(sub)
+        floats = [f"{k}.{n}" for n, t in expected.items() if t.is_floating_point()]
+        check_float_tensors(state, floats, fn, "the state dict" if source is None else source)
+        widths.append(width)
+    discriminators = nn.ModuleList()
+    for k, width in enumerate(widths):
+        d = MDFDiscriminator(width)
+        d.load_state_dict({key[len(f"{k}."):]: t for key, t in state.items() if key.startswith(f"{k}.")})
         discriminators.append(d)
     return discriminators
 
@@ -148,7 +171,7 @@ def mdf_loss(
     x: torch.Tensor,
     y: torch.Tensor,
     discriminators: Sequence[MDFDiscriminator],
-    num_scales: int = 8,
+    num_scales: Optional[int] = None,
     distance: str = "mse",
     p: int = 1,
     reduction: str = "mean",
@@ -167,7 +190,8 @@ def mdf_loss(
         y: ``(B, 3, H, W)`` references, the dtype and device of ``x``.
         discriminators: the series (e.g. ``MDFLoss.from_file(path).discriminators``), in eval mode,
             with the dtype and device of ``x``.
-        num_scales: how many discriminators to use, from the first.
+        num_scales: how many discriminators to use, from the first; ``None`` (default): the paper's 8,
+            or all of them when fewer are given (``min(8, len(discriminators))``).
         distance: ``"mse"`` or ``"pdl"``.
         p: 1 or 2, the Wasserstein order of ``distance="pdl"``.
         reduction: ``"none"`` (``(B,)``), ``"mean"`` or ``"sum"`` over the batch.
@@ -179,7 +203,7 @@ def mdf_loss(
         >>> import torch
         >>> from pdl_ext.mdf import MDFDiscriminator, mdf_loss
         >>> ds = [MDFDiscriminator(32).eval() for _ in range(2)]
-        >>> mdf_loss(torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32), ds, num_scales=2).shape
+        >>> mdf_loss(torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32), ds).shape   # both discriminators
         torch.Size([])
     """
     return _mdf_loss(x, y, discriminators, num_scales, distance, p, reduction, "mdf_loss")
@@ -189,7 +213,7 @@ def _mdf_loss(
     x: torch.Tensor,
     y: torch.Tensor,
     discriminators: Sequence[MDFDiscriminator],
-    num_scales: int,
+    num_scales: Optional[int],
     distance: str,
     p: int,
     reduction: str,
@@ -201,6 +225,7 @@ def _mdf_loss(
     p = check_p(p, fn)
     check_reduction(reduction, fn)
     count = len(discriminators)
+    num_scales = _resolve_num_scales(num_scales, count)
     if isinstance(num_scales, bool) or not isinstance(num_scales, int) or not 1 <= num_scales <= count:
         raise ValueError(
             f"{fn}: num_scales must be an int in [1, {count}] (the discriminators given), got {num_scales!r}"
@@ -230,11 +255,12 @@ class MDFLoss(nn.Module):
 
     Build it from published or trained weights with ``MDFLoss.from_file(path)``; the constructor alone
     makes an untrained series of ``widths`` (default: SinGAN's 32, 32, 32, 32, 64, ... for
-    ``num_scales``) to fill with ``load_state_dict``, or wraps ``discriminators`` you trained.
+    ``num_scales``, 8 when ``None``) to fill with ``load_state_dict``, or wraps ``discriminators`` you trained.
     The discriminators stay frozen and in eval mode, also under ``.train()``.
 
     Args:
-        num_scales: how many discriminators the loss uses, from the first (the paper: 8).
+        num_scales: how many discriminators the loss uses, from the first; ``None`` (default): the
+            paper's 8, or all of them when the series holds fewer (``min(8, len(series))``).
         distance: ``"mse"`` (published) or ``"pdl"`` (projected distribution distance).
         p: 1 or 2, the Wasserstein order of ``distance="pdl"``.
         reduction: ``"none"``, ``"mean"`` or ``"sum"`` over the batch.
@@ -257,7 +283,7 @@ class MDFLoss(nn.Module):
 
     def __init__(
         self,
-        num_scales: int = 8,
+        num_scales: Optional[int] = None,
         distance: str = "mse",
         p: int = 1,
         reduction: str = "mean",
@@ -271,6 +297,7 @@ class MDFLoss(nn.Module):
             raise ValueError(f"{fn}: give widths or discriminators, not both")
         if discriminators is None:
             if widths is None:
+                num_scales = PAPER_SCALES if num_scales is None else num_scales
                 if isinstance(num_scales, bool) or not isinstance(num_scales, int) or num_scales < 1:
                     raise ValueError(f"{fn}: num_scales must be a positive int, got {num_scales!r}")
                 widths = default_widths(num_scales)
@@ -282,6 +309,7 @@ class MDFLoss(nn.Module):
         count = len(self.discriminators)
         if count == 0 or not all(isinstance(d, MDFDiscriminator) for d in self.discriminators):
             raise ValueError(f"{fn}: discriminators must be a non-empty series of MDFDiscriminator")
+        num_scales = _resolve_num_scales(num_scales, count)
         if isinstance(num_scales, bool) or not isinstance(num_scales, int) or not 1 <= num_scales <= count:
             raise ValueError(
                 f"{fn}: num_scales must be an int in [1, {count}] (the discriminators held), got {num_scales!r}"
@@ -299,13 +327,26 @@ class MDFLoss(nn.Module):
     def from_file(
         cls,
         path: Union[str, os.PathLike],
-        num_scales: int = 8,
+        num_scales: Optional[int] = None,
         distance: str = "mse",
         p: int = 1,
         reduction: str = "mean",
     ) -> "MDFLoss":
         """Loads a discriminator series from safetensors (``"{k}.head.conv.weight"``, ... as in
         ``shared/weights/mdf``; a published ``.pth`` converts with ``pdl-ext convert-mdf``).
+
+        Args:
+            path: the safetensors file; the count and widths of the series come from its tensors.
+            num_scales: how many discriminators the loss uses, from the first; ``None`` (default):
+                the paper's 8, or all of them when the file holds fewer (``min(8, count)``).
+            distance, p, reduction: as in ``MDFLoss``.
+
+        Returns:
+            The loss module, its discriminators frozen and in eval mode.
+
+        Raises:
+            FileNotFoundError: no such file. ValueError: not a safetensors file, not the MDF layout
+            (keys, shapes), or integer, bool or complex tensors where float weights go.
 
         Example:
             >>> loss_fn = MDFLoss.from_file("Ds_SISR.safetensors")   # doctest: +SKIP
@@ -324,7 +365,7 @@ class MDFLoss(nn.Module):
                 f"{fn}: {str(path)!r} is not a safetensors file ({e}); convert a published .pth with "
                 "`pdl-ext convert-mdf SRC.pth DST.safetensors`"
             ) from e
-        discriminators = discriminators_from_state_dict(state, fn)
+        discriminators = discriminators_from_state_dict(state, fn, repr(str(path)))
         return cls(num_scales, distance, p, reduction, discriminators=discriminators)
 
     @property

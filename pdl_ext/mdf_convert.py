@@ -6,6 +6,9 @@ The published weights (gfxdisp/mdf ``weights/Ds_*.pth``) are ``torch.save``-d li
 callables (our own tensor rebuilders, ``OrderedDict``, ``set``); every other global becomes an inert
 stand-in that can only record the attributes the pickle sets on it, and calling one is refused.
 Both ``torch.save`` formats are read: the zip archive (default since torch 1.6) and the legacy stream.
+Tensor records are checked against their storage before any view is built, and all records together
+against the bytes of their storages before anything is copied, so a crafted file can neither read
+outside its storages nor make the converter allocate more than it holds.
 """
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ import pickle
 import sys
 import zipfile
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Tuple, Union
+from typing import Any, Callable, Dict, List, NamedTuple, Tuple, Union
 
 import torch
 
@@ -39,12 +42,25 @@ _STORAGE_DTYPES = {
     "CharStorage": torch.int8,
     "ByteStorage": torch.uint8,
     "BoolStorage": torch.bool,
+    "ComplexFloatStorage": torch.complex64,  # read so that the dtype check can name them
+    "ComplexDoubleStorage": torch.complex128,
     "UntypedStorage": torch.uint8,
 }
 
 
 class UnsafePickleError(pickle.UnpicklingError):
     """The file asked to call something that is not a tensor rebuild: nothing was called."""
+
+
+class _Unreadable(ValueError):
+    """A damaged or crafted part of the file being read; ``load_pickled_modules`` names the file."""
+
+
+class _Storage(NamedTuple):
+    """A storage reference of the pickle: its key (for messages) and its flat 1-D data."""
+
+    key: str
+    data: torch.Tensor
 
 
 class _StorageType:
@@ -78,11 +94,30 @@ def _stand_in_class(module: str, name: str) -> type:
     return _StandInMeta(name, (StandIn,), {"_pickled_name": f"{module}.{name}", "__module__": __name__})
 
 
-def _rebuild_tensor(storage: torch.Tensor, offset: int, size: Tuple[int, ...], stride: Tuple[int, ...]) -> torch.Tensor:
-    if not isinstance(storage, torch.Tensor):
+def _is_index(v: Any) -> bool:
+    # as_strided takes int64 values; bools are ints to Python but never a size.
+    return isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= sys.maxsize
+
+
+def _rebuild_tensor(storage: _Storage, offset: int, size: Tuple[int, ...], stride: Tuple[int, ...]) -> torch.Tensor:
+    if not isinstance(storage, _Storage):
         raise UnsafePickleError(f"convert_mdf: a tensor rebuild got {type(storage).__name__} instead of a storage")
+    record = f"size {size!r}, stride {stride!r}, storage offset {offset!r} on storage {storage.key!r}"
+    if not (
+        isinstance(size, (tuple, list)) and isinstance(stride, (tuple, list)) and len(size) == len(stride)
+        and all(map(_is_index, (offset, *size, *stride)))
+    ):
+        raise _Unreadable(f"has a malformed tensor record ({record}): expected non-negative ints, one stride per size")
+    held = storage.data.numel()
+    # Elements the view reaches: the last one is offset + sum((size_i - 1) * stride_i).
+    needed = offset if 0 in size else offset + sum((n - 1) * s for n, s in zip(size, stride)) + 1
+    if needed > held:
+        raise _Unreadable(
+            f"has a tensor record outside its storage ({record}): it reaches {needed} elements, "
+            f"the storage holds {held}"
+        )
     # A view, not a copy: the legacy format fills storages after the tensors are built.
-    return storage.as_strided(tuple(size), tuple(stride), int(offset))
+    return storage.data.as_strided(tuple(size), tuple(stride), offset)
 
 
 def _rebuild_tensor_v2(storage, offset, size, stride, requires_grad=False, backward_hooks=None, metadata=None):
@@ -154,13 +189,24 @@ class RestrictedUnpickler(pickle.Unpickler):
             raise UnsafePickleError(f"convert_mdf: malformed storage reference {pid!r}")
         if len(pid) > 5 and pid[5] is not None:
             raise UnsafePickleError("convert_mdf: storage views of the legacy format are not supported")
-        return self._load_storage(key, storage_type.dtype, numel)
+        return _Storage(key, self._load_storage(key, storage_type.dtype, numel))
+
+
+def _same_storage(cached: torch.Tensor, key: str, dtype: torch.dtype, numel: int) -> torch.Tensor:
+    # One buffer per key: a pickle naming a key many times must not make as many copies.
+    if cached.dtype != dtype or cached.numel() != numel:
+        raise _Unreadable(
+            f"refers to storage {key!r} as {cached.numel()} x {cached.dtype} and as {numel} x {dtype}"
+        )
+    return cached
 
 
 def _flat(raw: bytes, dtype: torch.dtype, numel: int, key: str, big_endian: bool) -> torch.Tensor:
     itemsize = torch.empty(0, dtype=dtype).element_size()
     if numel * itemsize > len(raw):
-        raise ValueError(f"convert_mdf: storage {key} holds {len(raw)} bytes, fewer than {numel} x {itemsize}")
+        raise _Unreadable(
+            f"is truncated or corrupted: storage {key} holds {len(raw)} bytes, fewer than {numel} x {itemsize}"
+        )
     flat = torch.frombuffer(bytearray(raw[: numel * itemsize]), dtype=torch.uint8)
     if big_endian and itemsize > 1:
         flat = flat.view(-1, itemsize).flip(1).reshape(-1)
@@ -171,16 +217,20 @@ def _load_zip(path: Path) -> Any:
     with zipfile.ZipFile(path) as zf:
         pickles = [n for n in zf.namelist() if n.endswith("/data.pkl") and n.count("/") == 1]
         if len(pickles) != 1:
-            raise ValueError(f"convert_mdf: {str(path)!r} is a zip file but not a torch.save archive (no data.pkl)")
+            raise _Unreadable("is a zip file but not a torch.save archive (no data.pkl)")
         prefix = pickles[0][: -len("data.pkl")]
         names = set(zf.namelist())
         big_endian = prefix + "byteorder" in names and zf.read(prefix + "byteorder").strip() == b"big"
+        storages: Dict[str, torch.Tensor] = {}
 
         def load_storage(key: str, dtype: torch.dtype, numel: int) -> torch.Tensor:
+            if key in storages:
+                return _same_storage(storages[key], key, dtype, numel)
             name = f"{prefix}data/{key}"
             if name not in names:
-                raise ValueError(f"convert_mdf: the archive has no storage {key!r}")
-            return _flat(zf.read(name), dtype, numel, key, big_endian)
+                raise _Unreadable(f"has no storage {key!r} in its archive")
+            storages[key] = _flat(zf.read(name), dtype, numel, key, big_endian)
+            return storages[key]
 
         return RestrictedUnpickler(io.BytesIO(zf.read(pickles[0])), load_storage).load()
 
@@ -189,16 +239,23 @@ def _load_legacy(path: Path) -> Any:
     data = path.read_bytes()
     f = io.BytesIO(data)
     storages: Dict[str, torch.Tensor] = {}
+    claimed = 0  # bytes of all storages so far
 
     def refuse(key: str, dtype: torch.dtype, numel: int) -> torch.Tensor:
         raise UnsafePickleError("convert_mdf: a storage reference outside the main pickle")
 
     def allocate(key: str, dtype: torch.dtype, numel: int) -> torch.Tensor:
-        # Filled after the pickle, from the records that follow it; the size is bounded by the file.
-        if key not in storages:
-            if numel * torch.empty(0, dtype=dtype).element_size() > len(data):
-                raise ValueError(f"convert_mdf: storage {key} claims {numel} elements, more than the file holds")
-            storages[key] = torch.zeros(numel, dtype=dtype)
+        # Filled after the pickle, from the records that follow it: all of them together fit in the file.
+        nonlocal claimed
+        if key in storages:
+            return _same_storage(storages[key], key, dtype, numel)
+        claimed += numel * torch.empty(0, dtype=dtype).element_size()
+        if claimed > len(data):
+            raise _Unreadable(
+                f"is truncated or corrupted: its storages claim more bytes than the file holds "
+                f"(storage {key}: {numel} x {dtype})"
+            )
+        storages[key] = torch.zeros(numel, dtype=dtype)
         return storages[key]
 
     try:
@@ -206,36 +263,57 @@ def _load_legacy(path: Path) -> Any:
     except UnsafePickleError:
         raise
     except Exception as e:
-        raise ValueError(f"convert_mdf: {str(path)!r} is not a torch.save file ({e})") from e
+        raise _Unreadable(f"is not a torch.save file ({e})") from e
     if magic != _LEGACY_MAGIC:
-        raise ValueError(
-            f"convert_mdf: {str(path)!r} is not a torch.save file (neither a zip archive nor the legacy format)"
-        )
+        raise _Unreadable("is not a torch.save file (neither a zip archive nor the legacy format)")
     if RestrictedUnpickler(f, refuse).load() != _LEGACY_PROTOCOL:
-        raise ValueError(f"convert_mdf: {str(path)!r} uses an unknown legacy protocol version")
+        raise _Unreadable("uses an unknown legacy protocol version")
     sys_info = RestrictedUnpickler(f, refuse).load()
     big_endian = isinstance(sys_info, dict) and sys_info.get("little_endian") is False
     result = RestrictedUnpickler(f, allocate).load()
     keys = RestrictedUnpickler(f, refuse).load()
     if not isinstance(keys, list) or set(keys) != set(storages):
-        raise ValueError("convert_mdf: the legacy storage list does not match the pickle's references")
+        raise _Unreadable("has a legacy storage list that does not match the pickle's references")
     for key in keys:
         flat = storages[key]
         count = int.from_bytes(f.read(8), "little")
         if count != flat.numel():
-            raise ValueError(f"convert_mdf: storage {key} holds {count} elements, the pickle says {flat.numel()}")
+            raise _Unreadable(
+                f"is truncated or corrupted: storage {key} holds {count} elements, the pickle says {flat.numel()}"
+            )
         nbytes = count * flat.element_size()
         flat.copy_(_flat(f.read(nbytes), flat.dtype, count, key, big_endian))
     return result
 
 
+def _in_file(path: Union[str, os.PathLike], e: _Unreadable) -> ValueError:
+    return ValueError(f"convert_mdf: {str(path)!r} {e}")
+
+
 def load_pickled_modules(path: Union[str, os.PathLike]) -> Any:
     """Reads a ``torch.save`` file with the restricted unpickler: modules come back as ``StandIn``
-    records (``.state`` is the pickled ``__dict__``), tensors as tensors. Nothing from the file runs."""
+    records (``.state`` is the pickled ``__dict__``), tensors as views on the file's storages (inside
+    them, but possibly overlapping). Nothing from the file runs.
+
+    Raises:
+        FileNotFoundError: no such file. UnsafePickleError: the pickle asked to call something.
+        ValueError: the file is truncated, corrupted, crafted or not a ``torch.save`` file; the
+        message names it.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"convert_mdf: no such file {str(path)!r}")
-    return _load_zip(path) if zipfile.is_zipfile(path) else _load_legacy(path)
+    try:
+        return _load_zip(path) if zipfile.is_zipfile(path) else _load_legacy(path)
+    except UnsafePickleError:
+        raise
+    except _Unreadable as e:
+        raise _in_file(path, e) from e
+    except Exception as e:  # damaged bytes raise many kinds (BadZipFile, EOFError, KeyError, ...)
+        raise ValueError(
+            f"convert_mdf: {str(path)!r} is not a readable torch.save file (truncated or corrupted?): "
+            f"{type(e).__name__}: {e}"
+        ) from e
 
 
 # Hyper-parameters the MDF architecture fixes, checked on the recorded modules: class -> attr -> value.
@@ -248,20 +326,20 @@ _ARCHITECTURE = {
 
 def _module_state(record: Any, prefix: str, out: Dict[str, torch.Tensor]) -> None:
     if not isinstance(record, StandIn) or not isinstance(getattr(record, "state", None), dict):
-        raise ValueError(f"convert_mdf: expected a pickled module at {prefix or 'the top'!r}, got {record!r}")
+        raise _Unreadable(f"holds {record!r} at {prefix or 'the top'!r}, where a pickled module goes")
     state = record.state
     cls = record._pickled_name.rsplit(".", 1)[-1]
     for attr, want in _ARCHITECTURE.get(cls, {}).items():
         got = state.get(attr, want)
         if (tuple(got) if isinstance(got, (list, tuple)) else got) != want:
-            raise ValueError(f"convert_mdf: {prefix.rstrip('.')} ({cls}) has {attr}={got!r}; MDF needs {want!r}")
+            raise _Unreadable(f"has {prefix.rstrip('.')} ({cls}) with {attr}={got!r}; MDF needs {want!r}")
     skip = state.get("_non_persistent_buffers_set") or set()
     for group in ("_parameters", "_buffers"):
         for name, t in (state.get(group) or {}).items():
             if t is None or (group == "_buffers" and name in skip):
                 continue
             if not isinstance(t, torch.Tensor):
-                raise ValueError(f"convert_mdf: {prefix}{name} is {type(t).__name__}, not a tensor")
+                raise _Unreadable(f"holds a {type(t).__name__} for {prefix}{name}, not a tensor")
             out[prefix + name] = t
     for name, child in (state.get("_modules") or {}).items():
         if child is not None:
@@ -276,7 +354,7 @@ def _discriminator_list(root: Any) -> List[Any]:
         if modules and all(k.isdigit() for k in modules):  # an nn.ModuleList
             return [modules[k] for k in sorted(modules, key=int)]
         return [root]
-    raise ValueError(f"convert_mdf: expected a list of discriminator modules, got {type(root).__name__}")
+    raise _Unreadable(f"holds a {type(root).__name__}, not a list of discriminator modules")
 
 
 def convert_mdf(src: Union[str, os.PathLike], dst: Union[str, os.PathLike]) -> Dict[str, torch.Tensor]:
@@ -292,7 +370,10 @@ def convert_mdf(src: Union[str, os.PathLike], dst: Union[str, os.PathLike]) -> D
 
     Raises:
         UnsafePickleError: the pickle tried to call something other than a tensor rebuild (nothing ran).
-        ValueError: the file is not a ``torch.save`` file or not an MDF discriminator series.
+        ValueError: the file is not a ``torch.save`` file (truncated, corrupted, or crafted: tensor
+            records outside their storage or overlapping), or not an MDF discriminator series (layout,
+            shapes, non-float weights); the message names the file. Nothing is allocated beyond what
+            the file's storages hold.
 
     Example:
         >>> from pdl_ext.mdf_convert import convert_mdf
@@ -300,14 +381,32 @@ def convert_mdf(src: Union[str, os.PathLike], dst: Union[str, os.PathLike]) -> D
     """
     root = load_pickled_modules(src)
     state: Dict[str, torch.Tensor] = {}
-    if isinstance(root, dict) and root and all(isinstance(v, torch.Tensor) for v in root.values()):
-        state = dict(root)  # already a flat state dict
-    else:
-        for k, record in enumerate(_discriminator_list(root)):
-            _module_state(record, f"{k}.", state)
-    discriminators = discriminators_from_state_dict({k: v.clone() for k, v in state.items()}, "convert_mdf")
+    try:
+        if isinstance(root, dict) and root and all(isinstance(v, torch.Tensor) for v in root.values()):
+            state = dict(root)  # already a flat state dict
+        else:
+            for k, record in enumerate(_discriminator_list(root)):
+                _module_state(record, f"{k}.", state)
+        _check_no_overlap(state)
+    except _Unreadable as e:
+        raise _in_file(src, e) from None
+    # The views go straight to load_state_dict, which copies them once the layout is checked.
+    discriminators = discriminators_from_state_dict(state, "convert_mdf", repr(str(src)))
     save_discriminators(discriminators, dst)
     return discriminators_state_dict(discriminators)
+
+
+def _check_no_overlap(state: Dict[str, torch.Tensor]) -> None:
+    """Refuses records holding more bytes than their storages: weights never overlap, but a crafted
+    stride-0 view of 16 bytes can stand for terabytes, which building the modules would allocate."""
+    held = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in state.values()}
+    needed = sum(t.numel() * t.element_size() for t in state.values())
+    if needed > sum(held.values()):
+        key, t = max(state.items(), key=lambda kv: kv[1].numel())
+        raise _Unreadable(
+            f"has overlapping tensor records: they hold {needed} bytes, their storages {sum(held.values())} "
+            f"(the largest: {key} of size {tuple(t.shape)}, stride {t.stride()})"
+        )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -318,7 +417,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         state = convert_mdf(args.src, args.dst)
-    except (FileNotFoundError, ValueError, pickle.UnpicklingError) as e:
+    except (OSError, ValueError, pickle.UnpicklingError) as e:
         print(f"pdl-ext convert-mdf: {e}", file=sys.stderr)
         return 1
     widths = [int(t.shape[0]) for k, t in state.items() if k.endswith(".head.conv.weight")]

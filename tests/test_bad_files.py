@@ -228,23 +228,46 @@ def test_load_state_dict_refuses_tensor_records_outside_their_storage(tmp_path, 
         load_state_dict(path)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: mdf_convert._rebuild_tensor does not validate size/stride/offset; torch's "
-                   "RuntimeError escapes convert_mdf (and `pdl-ext convert-mdf` ends in a traceback, not exit 1)")
-@pytest.mark.parametrize("case", list(_CRAFTED))
+_CONVERT_CRAFTED = {
+    **_CRAFTED,
+    "offset past the end": ((2,), (1,), 3),  # reaches element 5 of 4
+    "large stride": ((2, 2), (1, 3)),  # reaches element 0 + 1 + 3 + 1 = 5 of 4
+    "negative stride": ((2,), (-1,)),
+    "negative offset": ((1,), (1,), -1),
+    "empty, offset past the end": ((0,), (1,), 5),
+    "one stride per size": ((2, 2), (1,)),
+}
+
+
+@pytest.mark.parametrize("case", list(_CONVERT_CRAFTED))
 def test_convert_mdf_refuses_tensor_records_outside_their_storage(tmp_path, case, capsys):
-    size, stride = _CRAFTED[case]
-    path = _crafted_archive(tmp_path / "crafted.pth", {"0.head.conv.weight": _Rebuild(size, stride)})
-    with pytest.raises(REFUSED):
+    path = _crafted_archive(tmp_path / "crafted.pth", {"0.head.conv.weight": _Rebuild(*_CONVERT_CRAFTED[case])})
+    with pytest.raises(ValueError, match=r"convert_mdf: '.*crafted\.pth' has a (malformed )?tensor record") as info:
         convert_mdf(path, tmp_path / "out.safetensors")
+    assert "storage '0'" in str(info.value)  # the record is named by its storage, size, stride and offset
     assert cli.main(["convert-mdf", str(path), str(tmp_path / "out.safetensors")]) == 1
+    assert "crafted.pth" in capsys.readouterr().err
+    assert not (tmp_path / "out.safetensors").exists()
+
+
+def test_convert_mdf_accepts_records_filling_their_storage_exactly(tmp_path):
+    # The bounds are exact: a record ending on the storage's last element is fine (here, a 2x2 view
+    # at offset 0 with stride (2, 1) reaches element 3 of 4; then refused only for not being MDF).
+    path = _crafted_archive(tmp_path / "edge.pth", {"0.head.conv.weight": _Rebuild((2, 2), (2, 1))})
+    with pytest.raises(ValueError, match=r"0\.head\.conv\.weight must have shape \(W, 3, 3, 3\), got \(2, 2\)"):
+        convert_mdf(path, tmp_path / "out.safetensors")
 
 
 _BOMB = textwrap.dedent("""
     import resource, sys
     resource.setrlimit(resource.RLIMIT_AS, (8 << 30, 8 << 30))  # whatever happens, no more than 8 GiB
+    from pdl_ext.mdf import MDFLoss
     from pdl_ext.mdf_convert import convert_mdf
     try:
-        convert_mdf(sys.argv[1], sys.argv[2])
+        if sys.argv[2] == "from_file":
+            MDFLoss.from_file(sys.argv[1])
+        else:
+            convert_mdf(sys.argv[1], sys.argv[2])
     except (ValueError, __import__("pickle").UnpicklingError) as e:
         print("refused:", e)
         sys.exit(0)
@@ -255,16 +278,38 @@ _BOMB = textwrap.dedent("""
 """)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: convert_mdf clones every tensor before checking shapes, so a 100-byte file "
-                   "with a stride-0 view of 10^12 elements makes it allocate 4 TB (here: a RuntimeError)")
-def test_convert_mdf_refuses_a_memory_bomb_before_allocating(tmp_path):
-    path = _crafted_archive(tmp_path / "bomb.pth", {"0.head.conv.weight": _Rebuild((10**6, 10**6), (0, 0))})
-    assert path.stat().st_size < 1000
+def _mdf_shaped_bomb(width: int) -> Dict[str, _Rebuild]:
+    """Every tensor of a width-`width` discriminator, each a stride-0 view of the same 16 bytes: the
+    layout is right, so only counting bytes can refuse it (building the modules would allocate)."""
+    with torch.device("meta"):
+        shapes = {k: tuple(v.shape) for k, v in MDFDiscriminator(width).state_dict().items()}
+    return {f"0.{k}": _Rebuild(s, (0,) * len(s)) for k, s in shapes.items()}
+
+
+@pytest.mark.parametrize("bomb", ["stride-0 view of 10^12", "MDF-shaped, width 10^5"])
+def test_convert_mdf_refuses_a_memory_bomb_before_allocating(tmp_path, bomb):
+    state = ({"0.head.conv.weight": _Rebuild((10**6, 10**6), (0, 0))} if bomb.startswith("stride")
+             else _mdf_shaped_bomb(10**5))  # 10^5 x 10^5 x 3 x 3 x 3 blocks: 1.1 TB of float32
+    path = _crafted_archive(tmp_path / "bomb.pth", state)
+    assert path.stat().st_size < 5000
     root = Path(__file__).resolve().parents[1]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]))
     run = subprocess.run([sys.executable, "-c", _BOMB, str(path), str(tmp_path / "out.safetensors")],
                          capture_output=True, text=True, env=env, timeout=300)
     assert run.returncode == 0, run.stdout + run.stderr
+    assert "bomb.pth" in run.stdout and not (tmp_path / "out.safetensors").exists()
+
+
+def test_mdf_from_file_refuses_a_crafted_width_before_allocating(tmp_path):
+    # A 11 MB head of width 10^5 alone: building MDFDiscriminator(10^5) would allocate 1 TB for its
+    # body before noticing the missing tensors, so the layout is checked first (on the meta device).
+    save_state_dict({"0.head.conv.weight": torch.zeros(10**5, 3, 3, 3)}, tmp_path / "wide.safetensors")
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]))
+    run = subprocess.run([sys.executable, "-c", _BOMB, str(tmp_path / "wide.safetensors"), "from_file"],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "wide.safetensors': discriminator 0 does not have the MDF layout" in run.stdout
 
 
 def test_load_state_dict_of_a_stride0_bomb_never_reaches_a_module(tmp_path):
@@ -304,17 +349,10 @@ _FORMATS = {  # the formats each loader reads
 }
 
 
-_UNNAMED = pytest.mark.xfail(
-    strict=True, reason="bug: convert_mdf's error for a truncated legacy file does not name the file "
-                        "('storage 9486... holds 34282 bytes, fewer than 9216 x 4')")
-_KNOWN = {("convert_mdf", "legacy", "half"): _UNNAMED,
-          ("convert_mdf", "legacy", "all but 1 byte"): _UNNAMED}
 _CUTS = ("empty", "10 bytes", "half", "all but 1 byte")
 
 
-@pytest.mark.parametrize("loader,fmt,cut", [
-    pytest.param(ld, f, c, marks=[_KNOWN[(ld, f, c)]] if (ld, f, c) in _KNOWN else [])
-    for ld, fs in _FORMATS.items() for f in fs for c in _CUTS])
+@pytest.mark.parametrize("loader,fmt,cut", [(ld, f, c) for ld, fs in _FORMATS.items() for f in fs for c in _CUTS])
 def test_truncated_files_give_a_clear_error(tmp_path, loader, fmt, cut):
     good = _good_file(tmp_path, loader, fmt)
     if cut == "empty":
@@ -340,19 +378,11 @@ def test_files_of_another_format_give_a_clear_error(tmp_path, loader, content, s
     assert "other" in str(info.value)
 
 
-_FUZZ_BUGS = {
-    ("convert_mdf", "zip"): "mdf_convert lets zipfile.BadZipFile (bad CRC-32) through, and the CLI does not catch it",
-    ("convert_mdf", "legacy"): "mdf_convert lets torch's RuntimeError (a view outside its storage) through",
-}
-
-
-@pytest.mark.parametrize("loader,fmt", [
-    pytest.param(ld, f, marks=[pytest.mark.xfail(strict=True, reason="bug: " + _FUZZ_BUGS[(ld, f)])]
-                 if (ld, f) in _FUZZ_BUGS else [])
-    for ld, fs in _FORMATS.items() for f in fs])
+@pytest.mark.parametrize("loader,fmt", [(ld, f) for ld, fs in _FORMATS.items() for f in fs])
 def test_corrupted_bytes_give_a_clear_error_or_load(tmp_path, loader, fmt):
     """Random bytes overwritten (mostly in the headers and the pickle): the file loads (the bytes hit
-    tensor data) or is refused with a clear error; any other exception is a bug."""
+    tensor data) or is refused with a clear error; any other exception is a bug. The converter's
+    errors also name the file (convert-mdf prints them as its whole answer)."""
     good = _good_file(tmp_path, loader, fmt)
     data = good.read_bytes()
     rng = random.Random(0)
@@ -365,8 +395,11 @@ def test_corrupted_bytes_give_a_clear_error_or_load(tmp_path, loader, fmt):
         bad.write_bytes(bytes(b))
         try:
             LOADERS[loader](bad)
-        except REFUSED:
-            pass
+        except UnsafePickleError:
+            pass  # a damaged opcode can name a global to call; refusing it is right
+        except REFUSED as e:
+            if loader == "convert_mdf" and "fuzz" not in str(e):
+                unexpected.append(f"mutation {i}: the message does not name the file: {str(e)[:120]}")
         except Exception as e:  # noqa: BLE001 (the point: anything else is a finding)
             unexpected.append(f"mutation {i}: {type(e).__name__}: {str(e)[:120]}")
     assert not unexpected, "\n".join(unexpected)
@@ -443,13 +476,21 @@ def test_other_float_dtypes_load_as_their_float32_values(tmp_path, loader, dtype
         torch.testing.assert_close(v, spoiled[k].to(v.dtype), rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("loader", ["VGGFeatures", "NIMA", pytest.param("MDFLoss.from_file", marks=pytest.mark.xfail(
-    strict=True, reason="bug: mdf.discriminators_from_state_dict copies integer, bool or complex tensors into float "
-                        "parameters (nn.Module.load_state_dict casts silently) instead of refusing the file"))])
+@pytest.mark.parametrize("loader", ["VGGFeatures", "NIMA", "MDFLoss.from_file"])
 @pytest.mark.parametrize("dtype", [torch.int64, torch.uint8, torch.bool, torch.complex64])
 def test_non_float_weights_are_refused(tmp_path, loader, dtype):
     state = {"VGGFeatures": _vgg_state, "NIMA": lambda: _tiny_nima().state_dict(), "MDFLoss.from_file": _mdf_state}[loader]()
     path = tmp_path / "ints.safetensors"
     save_state_dict(_float_to(state, dtype), path)
-    with pytest.raises(ValueError, match="dtype"):
+    with pytest.raises(ValueError, match="dtype") as info:
         LOADERS[loader](path)
+    if loader == "MDFLoss.from_file":
+        assert "ints.safetensors" in str(info.value) and f"0.head.conv.weight: {dtype}" in str(info.value)
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.complex64])
+def test_convert_mdf_refuses_non_float_weights(tmp_path, dtype):
+    torch.save(_float_to(_mdf_state(), dtype), tmp_path / "ints.pth")
+    with pytest.raises(ValueError, match=r"convert_mdf: '.*ints\.pth' holds non-float tensors .*wrong dtype"):
+        convert_mdf(tmp_path / "ints.pth", tmp_path / "out.safetensors")
+    assert not (tmp_path / "out.safetensors").exists()

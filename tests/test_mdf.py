@@ -155,6 +155,29 @@ def test_save_and_from_file_round_trip(tmp_path):
     torch.testing.assert_close(back(x, y), mdf_loss(x, y, loss_fn.discriminators, 2, reduction="none"))
 
 
+def test_default_num_scales_is_eight_or_all_of_a_shorter_series(tmp_path, one_thread):
+    """num_scales=None (the default) means min(8, count): a saved series of 3 loads with the default
+    and its loss is the functional reference over all 3; longer series use the paper's 8; explicit
+    ints are still checked against the series."""
+    series = _random_series([4, 4, 8], seed=3, dtype=torch.float32)
+    save_discriminators(series.discriminators, tmp_path / "three.safetensors")
+    loss_fn = MDFLoss.from_file(tmp_path / "three.safetensors", reduction="none")
+    assert loss_fn.num_scales == 3
+    x, y = torch.rand(2, 3, 16, 16), torch.rand(2, 3, 16, 16)
+    want = _reference_loss(x, y, load_file(tmp_path / "three.safetensors"), 3)
+    torch.testing.assert_close(loss_fn(x, y), want)
+    torch.testing.assert_close(mdf_loss(x, y, loss_fn.discriminators), want.mean())
+    assert MDFLoss(discriminators=series.discriminators).num_scales == 3
+    assert MDFLoss(widths=[4] * 9).num_scales == 8
+    assert MDFLoss().num_scales == len(MDFLoss().discriminators) == 8
+    with pytest.raises(ValueError, match=r"num_scales must be an int in \[1, 3\] \(the discriminators held\), got 8"):
+        MDFLoss.from_file(tmp_path / "three.safetensors", num_scales=8)
+    with pytest.raises(ValueError, match=r"num_scales must be an int in \[1, 3\] \(the discriminators given\), got 4"):
+        mdf_loss(x, y, loss_fn.discriminators, num_scales=4)
+    with pytest.raises(ValueError, match=r"num_scales must be an int in \[1, 3\] .*got 0"):
+        MDFLoss.from_file(tmp_path / "three.safetensors", num_scales=0)
+
+
 def test_bad_inputs(tmp_path):
     loss_fn = _random_series([4, 4], dtype=torch.float32)
     img = torch.rand(2, 3, 16, 16)
@@ -399,7 +422,8 @@ def test_train_cli_writes_a_loadable_series(tmp_path, one_thread, capsys):
             "--iters", "2", "--min-size", "24", "--out", str(out), "--quiet"]
     assert cli.main(argv) == 0
     assert "wrote 3 discriminators" in capsys.readouterr().out
-    loss_fn = MDFLoss.from_file(out, num_scales=3)
+    loss_fn = MDFLoss.from_file(out)  # the default num_scales takes all of a series shorter than 8
+    assert loss_fn.num_scales == 3
     with safe_open(str(out), "pt") as f:
         meta = f.metadata()
     assert meta["task"] == "jpeg" and meta["sizes"] == "24x26;27x29;30x32"
