@@ -628,7 +628,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"machine: {info['cpu']}, {info['cores']} cores ({info['usable_cores']} usable), "
               f"torch threads {info['torch_threads']}, {info['platform']}")
         print(f"torch {info['torch']}, python {info['python']}; pdl_ext {ext.get('version')}: "
-              f"compiled={ext.get('compiled')} cuda={ext.get('cuda')} openmp={ext.get('openmp')}")
+              f"compiled={ext.get('compiled')} cuda={ext.get('cuda')} openmp={ext.get('openmp')} "
+              f"cpu_sort={ext.get('cpu_sort')}")
         notes: List[str] = []
         impls = []
         for impl in args.impls:

@@ -392,6 +392,63 @@ double simd_match_equal(const uint64_t* x, const uint32_t* y, int64_t n, int p, 
   return _mm512_reduce_add_pd(_mm512_add_pd(acc_lo, acc_hi));
 }
 
+double simd_match_unequal(const uint64_t* x, const uint32_t* y, int64_t n, int64_t m, int p, float* dx) {
+  // 8 x atoms per step, in double lanes: atom i spans [i m, (i + 1) m) in units of 1 / (n m), all
+  // integers below 2^53 here (the caller checks n m), so the double arithmetic is exact.
+  const double total = static_cast<double>(n) * static_cast<double>(m);
+  const __m256 inv = _mm256_set1_ps(static_cast<float>(1.0 / total));
+  const __m512d dn = _mm512_set1_pd(static_cast<double>(n));
+  const __m512d dm = _mm512_set1_pd(static_cast<double>(m));
+  const __m512d zero_d = _mm512_setzero_pd();
+  const __m256 zero = _mm256_setzero_ps();
+  const int64_t overlap = (m + n - 1) / n + 1;  // most y atoms one x atom can overlap
+  __m512d acc = _mm512_setzero_pd();
+  __m512d idx = _mm512_set_pd(7, 6, 5, 4, 3, 2, 1, 0);
+  for (int64_t i = 0; i < n; i += 8) {
+    const __mmask8 mx = n - i >= 8 ? static_cast<__mmask8>(0xFF) : static_cast<__mmask8>((1u << (n - i)) - 1u);
+    const __m512i items = _mm512_maskz_loadu_epi64(mx, x + i);
+    const __m256i xk = _mm512_cvtepi64_epi32(_mm512_srli_epi64(items, 32));
+    const __m256i xp = _mm512_cvtepi64_epi32(items);
+    const __m256 xv = _mm512_castps512_ps256(key_floats(_mm512_castsi256_si512(xk)));
+    const __m512d lo = _mm512_mul_pd(idx, dm);
+    const __m512d hi = _mm512_add_pd(lo, dm);
+    __m512d b = _mm512_roundscale_pd(_mm512_div_pd(lo, dn), _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+    // Exact floor(lo / n) whatever the rounding of the division.
+    b = _mm512_mask_sub_pd(b, _mm512_cmp_pd_mask(_mm512_mul_pd(b, dn), lo, _CMP_GT_OQ), b, _mm512_set1_pd(1.0));
+    b = _mm512_mask_add_pd(b, _mm512_cmp_pd_mask(_mm512_add_pd(_mm512_mul_pd(b, dn), dn), lo, _CMP_LE_OQ), b,
+                           _mm512_set1_pd(1.0));
+    __m256 gx = zero;
+    for (int64_t t = 0; t < overlap; ++t) {
+      const __m512d start = _mm512_max_pd(_mm512_mul_pd(b, dn), lo);
+      const __m512d end = _mm512_min_pd(_mm512_add_pd(_mm512_mul_pd(b, dn), dn), hi);
+      const __m512d len = _mm512_sub_pd(end, start);
+      const __mmask8 on = _mm512_mask_cmp_pd_mask(mx, len, zero_d, _CMP_GT_OQ);
+      if (on == 0) break;
+      const __m256i yi = _mm512_cvttpd_epi32(b);
+      const __m256i yk = _mm256_mmask_i32gather_epi32(_mm256_setzero_si256(), on, yi, y, 4);
+      const __m256 yv = _mm512_castps512_ps256(key_floats(_mm512_castsi256_si512(yk)));
+      const __m256 d = _mm256_maskz_sub_ps(on, xv, yv);
+      __m256 cost, g;
+      if (p == 1) {
+        cost = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), d);
+        g = d;  // pair_grad: sign(d), 0 at 0, NaN stays NaN
+        g = _mm256_mask_mov_ps(g, _mm256_cmp_ps_mask(d, zero, _CMP_GT_OQ), _mm256_set1_ps(1.0f));
+        g = _mm256_mask_mov_ps(g, _mm256_cmp_ps_mask(d, zero, _CMP_LT_OQ), _mm256_set1_ps(-1.0f));
+        g = _mm256_mask_mov_ps(g, _mm256_cmp_ps_mask(d, zero, _CMP_EQ_OQ), zero);
+      } else {
+        cost = _mm256_mul_ps(d, d);
+        g = _mm256_mul_ps(_mm256_set1_ps(2.0f), d);
+      }
+      acc = _mm512_mask_add_pd(acc, on, acc, _mm512_mul_pd(len, _mm512_cvtps_pd(cost)));
+      gx = _mm256_mask_add_ps(gx, on, gx, _mm256_mul_ps(g, _mm512_cvtpd_ps(len)));
+      b = _mm512_add_pd(b, _mm512_set1_pd(1.0));
+    }
+    _mm256_mask_i32scatter_ps(dx, mx, xp, _mm256_mul_ps(gx, inv), 4);
+    idx = _mm512_add_pd(idx, _mm512_set1_pd(8.0));
+  }
+  return _mm512_reduce_add_pd(acc);
+}
+
 uint64_t* simd_sort_u64(uint64_t* a, uint64_t* tmp, int64_t n) {
   uint64_t* out;
   sort_rows<U64x8, 2>(&a, &tmp, 1, n, &out);
@@ -422,6 +479,7 @@ void simd_sort2_u32(uint32_t* const*, uint32_t* const*, int64_t, uint32_t**) { s
 bool simd_keys_u64(const float*, int64_t, uint64_t*) { std::abort(); }
 bool simd_keys_u32(const float*, int64_t, uint32_t*) { std::abort(); }
 double simd_match_equal(const uint64_t*, const uint32_t*, int64_t, int, float*) { std::abort(); }
+double simd_match_unequal(const uint64_t*, const uint32_t*, int64_t, int64_t, int, float*) { std::abort(); }
 
 #endif
 

@@ -142,14 +142,12 @@ double match_row(int64_t n, int64_t m, int p, XV xv, XP xp, YV yv, YP yp, scalar
     const A g = pair_grad(d, p) * static_cast<A>(len);
     gx += g;
     gy -= g;
-    if (c.i != si) {
-      if (dx != nullptr) dx[xp(si)] = static_cast<scalar_t>(gx * inv);
-      gx = A(0);
-    }
-    if (c.j != sj) {
-      if (dy != nullptr) dy[yp(sj)] = static_cast<scalar_t>(gy * inv);
-      gy = A(0);
-    }
+    // An atom's gradient is stored after each of its segments (the last store is the total) and reset
+    // when the walk leaves it: no branch on the walk's data-dependent steps.
+    if (dx != nullptr) dx[xp(si)] = static_cast<scalar_t>(gx * inv);
+    if (dy != nullptr) dy[yp(sj)] = static_cast<scalar_t>(gy * inv);
+    gx = c.i != si ? A(0) : gx;
+    gy = c.j != sj ? A(0) : gy;
   }
   return sum / total;
 }
@@ -399,9 +397,16 @@ void forward_rows_f32_simd(XL xl, YL yl, int64_t rows, int64_t n, int64_t m, int
           continue;
         }
         if constexpr (std::is_same_v<scalar_t, float>) {
-          if (n == m && dxr != nullptr && dyr == nullptr) {  // a loss: x against a fixed target
-            loss[r] = static_cast<float>(simd_match_equal(sx.s64[k], sy.s32[k], n, p, dxr) / static_cast<double>(n));
-            continue;
+          if (dxr != nullptr && dyr == nullptr) {  // a loss: x against a fixed target
+            if (n == m) {
+              loss[r] = static_cast<float>(simd_match_equal(sx.s64[k], sy.s32[k], n, p, dxr) / static_cast<double>(n));
+              continue;
+            }
+            const double total = static_cast<double>(n) * static_cast<double>(m);
+            if (total < 0x1p52) {
+              loss[r] = static_cast<float>(simd_match_unequal(sx.s64[k], sy.s32[k], n, m, p, dxr) / total);
+              continue;
+            }
           }
         }
         loss[r] = static_cast<scalar_t>(match_row<A>(
@@ -413,12 +418,93 @@ void forward_rows_f32_simd(XL xl, YL yl, int64_t rows, int64_t n, int64_t m, int
   });
 }
 
+// float64 on AVX-512: the 64-bit keys alone are sorted (no room for positions beside them), the match
+// writes the gradient per rank, and each element reads its gradient at its rank, found by a binary
+// search of its key in the sorted row (tied elements take the ranks of their run in position order,
+// the order of a stable sort).
+constexpr int64_t kSimdMaxRowF64 = 4096;
+
+inline int64_t lower_bound_u64(const uint64_t* s, int64_t n, uint64_t key) {
+  const uint64_t* base = s;
+  while (n > 1) {  // branch-free: the comparisons are unpredictable
+    const int64_t half = n / 2;
+    base = base[half] < key ? base + half : base;
+    n -= half;
+  }
+  return (base - s) + (*base < key ? 1 : 0);
+}
+
+struct RankedRow64 {
+  std::vector<uint64_t> a, t;  // keys, scratch
+  std::vector<double> g;       // gradient by rank
+  std::vector<int32_t> taken;  // at the first rank of each run of equal keys: ranks handed out
+  const uint64_t* s = nullptr;  // the sorted keys
+
+  RankedRow64(int64_t n, bool grad)
+      : a(simd_sort_capacity_u64(n)), t(a.size()), g(grad ? n : 0), taken(grad ? n : 0) {}
+
+  template <typename RowView>
+  bool sort(RowView row, int64_t n) {
+    bool nan = false;
+    for (int64_t i = 0; i < n; ++i) {
+      const double v = row(i);
+      nan |= (v != v);
+      a[i] = KeyTraits<double>::to_key(v);
+    }
+    if (nan) return false;
+    s = simd_sort_u64(a.data(), t.data(), n);
+    return true;
+  }
+
+  // out[i] = g[rank of element i] for the row's elements in their original order.
+  template <typename RowView, typename scalar_t>
+  void scatter(RowView row, int64_t n, scalar_t* out) {
+    std::fill(taken.begin(), taken.end(), 0);
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t first = lower_bound_u64(s, n, KeyTraits<double>::to_key(row(i)));
+      out[i] = static_cast<scalar_t>(g[first + taken[first]++]);
+    }
+  }
+};
+
+template <typename scalar_t, typename XL, typename YL>
+void forward_rows_f64_simd(XL xl, YL yl, int64_t rows, int64_t n, int64_t m, int p, scalar_t* loss, scalar_t* dx,
+                           scalar_t* dy) {
+  const int64_t grain = std::max<int64_t>(1, 16384 / (n + m));
+  auto identity = [](int64_t i) { return static_cast<int32_t>(i); };
+  at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
+    RankedRow64 sx(n, dx != nullptr), sy(m, dy != nullptr);  // scratch reused by every row of this chunk
+    for (int64_t r = begin; r < end; ++r) {
+      scalar_t* dxr = dx != nullptr ? dx + r * n : nullptr;
+      scalar_t* dyr = dy != nullptr ? dy + r * m : nullptr;
+      const auto xr = xl.row(r);
+      const auto yr = yl.row(r);
+      if (!sx.sort(xr, n) || !sy.sort(yr, m)) {
+        write_nan_row(r, n, m, loss, dxr, dyr);
+        continue;
+      }
+      const uint64_t* kx = sx.s;
+      const uint64_t* ky = sy.s;
+      loss[r] = static_cast<scalar_t>(match_row<double>(
+          n, m, p, [kx](int64_t i) { return KeyTraits<double>::from_key(kx[i]); }, identity,
+          [ky](int64_t j) { return KeyTraits<double>::from_key(ky[j]); }, identity,
+          dxr != nullptr ? sx.g.data() : nullptr, dyr != nullptr ? sy.g.data() : nullptr));
+      if (dxr != nullptr) sx.scatter(xr, n, dxr);
+      if (dyr != nullptr) sy.scatter(yr, m, dyr);
+    }
+  });
+}
+
 // Runs the float32 (grouped) or float64 (per-row) forward on the given row loaders.
 template <typename scalar_t, typename XL, typename YL>
 void forward_rows(XL xl, YL yl, int64_t rows, int64_t n, int64_t m, int p, scalar_t* loss, scalar_t* dx,
                   scalar_t* dy) {
   if constexpr (std::is_same_v<at::opmath_type<scalar_t>, double>) {
-    forward_rows_f64<scalar_t>(xl, yl, rows, n, m, p, loss, dx, dy);
+    if (std::max(n, m) <= kSimdMaxRowF64 && simd_sort_available()) {
+      forward_rows_f64_simd<scalar_t>(xl, yl, rows, n, m, p, loss, dx, dy);
+    } else {
+      forward_rows_f64<scalar_t>(xl, yl, rows, n, m, p, loss, dx, dy);
+    }
   } else if (simd_sort_available()) {
     forward_rows_f32_simd<scalar_t>(xl, yl, rows, n, m, p, loss, dx, dy);
   } else {
