@@ -1,8 +1,10 @@
 """The two sorts of the CPU kernels for float32/16 rows: the AVX-512 merge sort and the portable radix sort.
 
-On a processor with AVX-512 the kernels sort rows up to 4096 long with the vectorized merge sort
-(csrc/cpu/simd_sort_avx512.cpp) and match equal-length rows of a loss (x needs its gradient, y not) with
-vector code; ``PDL_EXT_CPU_SORT=radix`` forces the radix sort. Both paths must give the same sorted order,
+On a processor with AVX-512 the kernels sort short rows with the vectorized merge sort
+(csrc/cpu/simd_sort_avx512.cpp), long float32 rows one by one with the radix sort, float64 rows up to
+4096 by their keys alone (gradients reach their positions through ranks found by binary search), and
+match the rows of a loss (x needs its gradient, y not) with vector code; ``PDL_EXT_CPU_SORT=radix``
+forces the portable path (grouped radix sort, scalar matching). Both paths must give the same sorted order,
 so the same gradients bit for bit and the same distances up to the order of the float64 summation,
 and both must agree with the pure-PyTorch reference.
 """
@@ -68,9 +70,10 @@ LENGTHS = [1, 2, 7, 8, 9, 15, 16, 17, 63, 64, 65, 127, 128, 129, 200, 255, 256, 
 @requires_avx512
 @pytest.mark.parametrize("n", LENGTHS)
 @pytest.mark.parametrize("kind", ["normal", "ties", "relu"])
-def test_avx512_and_radix_agree_for_a_loss(monkeypatch, n, kind):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_avx512_and_radix_agree_for_a_loss(monkeypatch, n, kind, dtype):
     rows = 3 if n > 1000 else 9
-    x, y = _data(kind, rows, n, n, torch.float32, seed=n)
+    x, y = _data(kind, rows, n, n, dtype, seed=n)
     for p in (1, 2):
         (w, (gx,)), (w_r, (gx_r,)) = _both_paths(monkeypatch, x, y, p, True, False)
         assert torch.equal(gx, gx_r), f"n={n} {kind} p={p}: gradients differ between the sorts"
@@ -83,15 +86,15 @@ def test_avx512_and_radix_agree_for_a_loss(monkeypatch, n, kind):
 @requires_avx512
 @pytest.mark.parametrize("n,m", [(64, 64), (100, 37), (37, 100), (1024, 1000), (3000, 4096), (5000, 4097)])
 @pytest.mark.parametrize("grads", [(True, True), (False, True), (True, False)])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
 def test_avx512_and_radix_agree_for_every_gradient_and_dtype(monkeypatch, n, m, grads, dtype):
     x, y = _data("ties" if n == 100 else "normal", 4, n, m, dtype, seed=n + 7 * m)
     (w, g), (w_r, g_r) = _both_paths(monkeypatch, x, y, 1, *grads)
     for a, b in zip(g, g_r):
         assert torch.equal(a, b)
-    torch.testing.assert_close(w, w_r, rtol=1e-6 if dtype == torch.float32 else 1e-3, atol=0)
+    torch.testing.assert_close(w, w_r, rtol=1e-6 if dtype in (torch.float32, torch.float64) else 1e-3, atol=0)
     w_ref, g_ref = _run(x.double(), y.double(), 1, *grads, op=reference.wasserstein_1d)
-    tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-3)
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype in (torch.float32, torch.float64) else dict(rtol=2e-2, atol=2e-3)
     torch.testing.assert_close(w.double(), w_ref, **tol)
     for a, b in zip(g, g_ref):
         torch.testing.assert_close(a.double(), b, **tol)

@@ -436,12 +436,12 @@ inline int64_t lower_bound_u64(const uint64_t* s, int64_t n, uint64_t key) {
 
 struct RankedRow64 {
   std::vector<uint64_t> a, t;  // keys, scratch
-  std::vector<double> g;       // gradient by rank
+  std::vector<double> g;       // gradient by rank (x's also scratch of a match that wants none)
   std::vector<int32_t> taken;  // at the first rank of each run of equal keys: ranks handed out
   const uint64_t* s = nullptr;  // the sorted keys
 
   RankedRow64(int64_t n, bool grad)
-      : a(simd_sort_capacity_u64(n)), t(a.size()), g(grad ? n : 0), taken(grad ? n : 0) {}
+      : a(simd_sort_capacity_u64(n)), t(a.size()), g(n), taken(grad ? n : 0) {}
 
   template <typename RowView>
   bool sort(RowView row, int64_t n) {
@@ -485,6 +485,18 @@ void forward_rows_f64_simd(XL xl, YL yl, int64_t rows, int64_t n, int64_t m, int
       }
       const uint64_t* kx = sx.s;
       const uint64_t* ky = sy.s;
+      if (n == m) {  // gradients by rank: x's in sx.g (y's are their negatives)
+        double* g = dyr != nullptr && dxr == nullptr ? sy.g.data() : sx.g.data();  // sx.g: also scratch
+        loss[r] = static_cast<scalar_t>(simd_match_equal_f64(kx, ky, n, p, g) / static_cast<double>(n));
+        if (dxr != nullptr && dyr != nullptr) {
+          for (int64_t i = 0; i < n; ++i) sy.g[i] = -g[i];
+        } else if (dyr != nullptr) {
+          for (int64_t i = 0; i < n; ++i) g[i] = -g[i];
+        }
+        if (dxr != nullptr) sx.scatter(xr, n, dxr);
+        if (dyr != nullptr) sy.scatter(yr, m, dyr);
+        continue;
+      }
       loss[r] = static_cast<scalar_t>(match_row<double>(
           n, m, p, [kx](int64_t i) { return KeyTraits<double>::from_key(kx[i]); }, identity,
           [ky](int64_t j) { return KeyTraits<double>::from_key(ky[j]); }, identity,
