@@ -128,3 +128,25 @@ def test_cpu_sort_is_reported_and_can_be_forced(monkeypatch):
     assert pdl_ext.extension_info()["cpu_sort"] == "radix"
     monkeypatch.delenv("PDL_EXT_CPU_SORT")
     assert pdl_ext.extension_info()["cpu_sort"] in ("avx512", "radix")
+
+
+@requires_avx512
+@pytest.mark.parametrize("n", [5, 40, 300, 3000, 5000])
+def test_float64_values_that_round_alike_in_float32(monkeypatch, n):
+    # The float64 path sorts by the float32-rounded key, then re-sorts runs of equal float32 keys by
+    # the float64 value: runs of values 1e-12 apart, beyond float32's range (inf) and below it (0).
+    g = torch.Generator().manual_seed(n)
+    base = torch.tensor([1.0, -3.0, 1e300, -1e250, 1e-300, -1e-310, 0.0, -0.0], dtype=torch.float64)
+    pick = torch.randint(0, len(base), (4, n), generator=g)
+    x = base[pick] * (1 + torch.randint(-40, 40, (4, n), generator=g).double() * 1e-12)
+    y = base[torch.randint(0, len(base), (4, n), generator=g)] * (1 + torch.rand(4, n, generator=g, dtype=torch.float64) * 1e-11)
+    assert (x.float().unique().numel() < x.unique().numel())  # many float64 values share a float32 key
+    for p in (1, 2):
+        (w, g_fast), (w_r, g_radix) = _both_paths(monkeypatch, x, y, p, True, True)
+        for a, b in zip(g_fast, g_radix):
+            assert torch.equal(a, b)
+        torch.testing.assert_close(w, w_r, rtol=1e-12, atol=0, equal_nan=True)
+        w_ref, g_ref = _run(x, y, p, True, True, op=reference.wasserstein_1d)
+        torch.testing.assert_close(w, w_ref, rtol=1e-12, atol=0, equal_nan=True)
+        for a, b in zip(g_fast, g_ref):  # atol: subnormal gradients of p=2 round differently
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-300, equal_nan=True)

@@ -42,10 +42,6 @@ bool simd_keys_u32(const float* src, int64_t n, uint32_t* out);
 // dx[position] = d(W_p^p)/dx and returns sum over pairs of |x - y|^p in double (divide by n for W_p^p).
 double simd_match_equal(const uint64_t* x, const uint32_t* y, int64_t n, int p, float* dx);
 
-// float64 rows of equal length n as sorted keys: g[i] = d(W_p^p)/dx of the i-th smallest x (the y
-// side's is -g[i]); returns the sum of |x - y|^p in double (divide by n).
-double simd_match_equal_f64(const uint64_t* x, const uint64_t* y, int64_t n, int p, double* g);
-
 // The same for rows of lengths n != m (the merged quantile grid, as match_row walks it; n m < 2^52):
 // returns the sum over segments of length * |x - y|^p in units of 1 / (n m) (divide by n m).
 double simd_match_unequal(const uint64_t* x, const uint32_t* y, int64_t n, int64_t m, int p, float* dx);

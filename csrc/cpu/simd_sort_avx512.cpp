@@ -392,36 +392,6 @@ double simd_match_equal(const uint64_t* x, const uint32_t* y, int64_t n, int p, 
   return _mm512_reduce_add_pd(_mm512_add_pd(acc_lo, acc_hi));
 }
 
-double simd_match_equal_f64(const uint64_t* x, const uint64_t* y, int64_t n, int p, double* g) {
-  const __m512d inv = _mm512_set1_pd(1.0 / static_cast<double>(n));
-  const __m512d zero = _mm512_setzero_pd();
-  const __m512i sign = _mm512_set1_epi64(int64_t(0x8000000000000000ull));
-  auto from_keys = [&](__m512i k) {  // KeyTraits<double>::from_key on 8 keys
-    const __m512i mask = _mm512_or_si512(_mm512_sub_epi64(_mm512_srli_epi64(k, 63), _mm512_set1_epi64(1)), sign);
-    return _mm512_castsi512_pd(_mm512_xor_si512(k, mask));
-  };
-  __m512d acc = _mm512_setzero_pd();
-  for (int64_t i = 0; i < n; i += 8) {
-    const __mmask8 m = n - i >= 8 ? static_cast<__mmask8>(0xFF) : static_cast<__mmask8>((1u << (n - i)) - 1u);
-    const __m512d d = _mm512_maskz_sub_pd(m, from_keys(_mm512_maskz_loadu_epi64(m, x + i)),
-                                          from_keys(_mm512_maskz_loadu_epi64(m, y + i)));
-    __m512d cost, gr;
-    if (p == 1) {
-      cost = _mm512_abs_pd(d);
-      gr = d;  // pair_grad: sign(d), 0 at 0, NaN stays NaN
-      gr = _mm512_mask_mov_pd(gr, _mm512_cmp_pd_mask(d, zero, _CMP_GT_OQ), _mm512_set1_pd(1.0));
-      gr = _mm512_mask_mov_pd(gr, _mm512_cmp_pd_mask(d, zero, _CMP_LT_OQ), _mm512_set1_pd(-1.0));
-      gr = _mm512_mask_mov_pd(gr, _mm512_cmp_pd_mask(d, zero, _CMP_EQ_OQ), zero);
-    } else {
-      cost = _mm512_mul_pd(d, d);
-      gr = _mm512_mul_pd(_mm512_set1_pd(2.0), d);
-    }
-    acc = _mm512_add_pd(acc, cost);
-    _mm512_mask_storeu_pd(g + i, m, _mm512_mul_pd(gr, inv));
-  }
-  return _mm512_reduce_add_pd(acc);
-}
-
 double simd_match_unequal(const uint64_t* x, const uint32_t* y, int64_t n, int64_t m, int p, float* dx) {
   // 8 x atoms per step, in double lanes: atom i spans [i m, (i + 1) m) in units of 1 / (n m), all
   // integers below 2^53 here (the caller checks n m), so the double arithmetic is exact.
@@ -510,7 +480,6 @@ bool simd_keys_u64(const float*, int64_t, uint64_t*) { std::abort(); }
 bool simd_keys_u32(const float*, int64_t, uint32_t*) { std::abort(); }
 double simd_match_equal(const uint64_t*, const uint32_t*, int64_t, int, float*) { std::abort(); }
 double simd_match_unequal(const uint64_t*, const uint32_t*, int64_t, int64_t, int, float*) { std::abort(); }
-double simd_match_equal_f64(const uint64_t*, const uint64_t*, int64_t, int, double*) { std::abort(); }
 
 #endif
 

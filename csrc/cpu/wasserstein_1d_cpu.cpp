@@ -418,91 +418,78 @@ void forward_rows_f32_simd(XL xl, YL yl, int64_t rows, int64_t n, int64_t m, int
   });
 }
 
-// float64 on AVX-512: the 64-bit keys alone are sorted (no room for positions beside them), the match
-// writes the gradient per rank, and each element reads its gradient at its rank, found by a binary
-// search of its key in the sorted row (tied elements take the ranks of their run in position order,
-// the order of a stable sort).
-constexpr int64_t kSimdMaxRowF64 = 4096;
+// float64 on AVX-512: a row is sorted as 64-bit items (key of the value rounded to float32 << 32 |
+// position), the float32 path's sort, then each run of equal float32 keys (values that round alike:
+// rare, except exact ties, already in position order) is re-sorted stably by the float64 value.
+// Rounding to float32 is monotone, so the result is the exact (value, position) order.
+struct Sorted64 {
+  int64_t n;
+  std::vector<double> vals;  // the row
+  std::vector<float> narrow;  // the row rounded to float32
+  std::vector<uint64_t> a, t;
+  std::vector<uint32_t> hist;
+  uint64_t* s = nullptr;  // the sorted items
 
-inline int64_t lower_bound_u64(const uint64_t* s, int64_t n, uint64_t key) {
-  const uint64_t* base = s;
-  while (n > 1) {  // branch-free: the comparisons are unpredictable
-    const int64_t half = n / 2;
-    base = base[half] < key ? base + half : base;
-    n -= half;
-  }
-  return (base - s) + (*base < key ? 1 : 0);
-}
+  explicit Sorted64(int64_t len)
+      : n(len), vals(len), narrow(len), a(simd_sort_capacity_u64(len)), t(a.size()), hist(3 << 11) {}
 
-struct RankedRow64 {
-  std::vector<uint64_t> a, t;  // keys, scratch
-  std::vector<double> g;       // gradient by rank (x's also scratch of a match that wants none)
-  std::vector<int32_t> taken;  // at the first rank of each run of equal keys: ranks handed out
-  const uint64_t* s = nullptr;  // the sorted keys
-
-  RankedRow64(int64_t n, bool grad)
-      : a(simd_sort_capacity_u64(n)), t(a.size()), g(n), taken(grad ? n : 0) {}
-
+  // Loads and sorts a row; false when it holds a NaN.
   template <typename RowView>
-  bool sort(RowView row, int64_t n) {
+  bool sort(RowView row) {
     bool nan = false;
     for (int64_t i = 0; i < n; ++i) {
       const double v = row(i);
       nan |= (v != v);
-      a[i] = KeyTraits<double>::to_key(v);
+      vals[i] = v;
+      narrow[i] = static_cast<float>(v);
     }
-    if (nan) return false;
-    s = simd_sort_u64(a.data(), t.data(), n);
+    if (nan || simd_keys_u64(narrow.data(), n, a.data())) return false;
+    s = n <= kSimdMaxRow64 ? simd_sort_u64(a.data(), t.data(), n)
+                           : radix_sort<32, 11>(a.data(), t.data(), n, [](uint64_t v) { return v >> 32; }, hist.data());
+    refine();
     return true;
   }
 
-  // out[i] = g[rank of element i] for the row's elements in their original order.
-  template <typename RowView, typename scalar_t>
-  void scatter(RowView row, int64_t n, scalar_t* out) {
-    std::fill(taken.begin(), taken.end(), 0);
-    for (int64_t i = 0; i < n; ++i) {
-      const int64_t first = lower_bound_u64(s, n, KeyTraits<double>::to_key(row(i)));
-      out[i] = static_cast<scalar_t>(g[first + taken[first]++]);
+  void refine() {
+    const double* v = vals.data();
+    auto less = [v](uint64_t u, uint64_t w) {  // by value, ties by position (stable)
+      const double a = v[static_cast<uint32_t>(u)], b = v[static_cast<uint32_t>(w)];
+      return a < b || (a == b && static_cast<uint32_t>(u) < static_cast<uint32_t>(w));
+    };
+    for (int64_t i = 0; i < n;) {
+      int64_t j = i + 1;
+      while (j < n && (s[j] >> 32) == (s[i] >> 32)) ++j;
+      if (j - i > 1) {
+        if (j - i <= kInsertionMax) {
+          insertion_sort(s + i, j - i, less);
+        } else {
+          std::sort(s + i, s + j, less);  // a strict total order: the stable order
+        }
+      }
+      i = j;
     }
   }
+
+  double value(int64_t i) const { return vals[static_cast<uint32_t>(s[i])]; }
+  int32_t position(int64_t i) const { return static_cast<int32_t>(static_cast<uint32_t>(s[i])); }
 };
 
 template <typename scalar_t, typename XL, typename YL>
 void forward_rows_f64_simd(XL xl, YL yl, int64_t rows, int64_t n, int64_t m, int p, scalar_t* loss, scalar_t* dx,
                            scalar_t* dy) {
   const int64_t grain = std::max<int64_t>(1, 16384 / (n + m));
-  auto identity = [](int64_t i) { return static_cast<int32_t>(i); };
   at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
-    RankedRow64 sx(n, dx != nullptr), sy(m, dy != nullptr);  // scratch reused by every row of this chunk
+    Sorted64 sx(n), sy(m);  // scratch reused by every row of this chunk
     for (int64_t r = begin; r < end; ++r) {
       scalar_t* dxr = dx != nullptr ? dx + r * n : nullptr;
       scalar_t* dyr = dy != nullptr ? dy + r * m : nullptr;
-      const auto xr = xl.row(r);
-      const auto yr = yl.row(r);
-      if (!sx.sort(xr, n) || !sy.sort(yr, m)) {
+      if (!sx.sort(xl.row(r)) || !sy.sort(yl.row(r))) {
         write_nan_row(r, n, m, loss, dxr, dyr);
         continue;
       }
-      const uint64_t* kx = sx.s;
-      const uint64_t* ky = sy.s;
-      if (n == m) {  // gradients by rank: x's in sx.g (y's are their negatives)
-        double* g = dyr != nullptr && dxr == nullptr ? sy.g.data() : sx.g.data();  // sx.g: also scratch
-        loss[r] = static_cast<scalar_t>(simd_match_equal_f64(kx, ky, n, p, g) / static_cast<double>(n));
-        if (dxr != nullptr && dyr != nullptr) {
-          for (int64_t i = 0; i < n; ++i) sy.g[i] = -g[i];
-        } else if (dyr != nullptr) {
-          for (int64_t i = 0; i < n; ++i) g[i] = -g[i];
-        }
-        if (dxr != nullptr) sx.scatter(xr, n, dxr);
-        if (dyr != nullptr) sy.scatter(yr, m, dyr);
-        continue;
-      }
       loss[r] = static_cast<scalar_t>(match_row<double>(
-          n, m, p, [kx](int64_t i) { return KeyTraits<double>::from_key(kx[i]); }, identity,
-          [ky](int64_t j) { return KeyTraits<double>::from_key(ky[j]); }, identity,
-          dxr != nullptr ? sx.g.data() : nullptr, dyr != nullptr ? sy.g.data() : nullptr));
-      if (dxr != nullptr) sx.scatter(xr, n, dxr);
-      if (dyr != nullptr) sy.scatter(yr, m, dyr);
+          n, m, p, [&](int64_t i) { return sx.value(i); }, [&](int64_t i) { return sx.position(i); },
+          [&](int64_t j) { return sy.value(j); }, [&](int64_t j) { return sy.position(j); }, dxr, dyr));
     }
   });
 }
@@ -512,7 +499,7 @@ template <typename scalar_t, typename XL, typename YL>
 void forward_rows(XL xl, YL yl, int64_t rows, int64_t n, int64_t m, int p, scalar_t* loss, scalar_t* dx,
                   scalar_t* dy) {
   if constexpr (std::is_same_v<at::opmath_type<scalar_t>, double>) {
-    if (std::max(n, m) <= kSimdMaxRowF64 && simd_sort_available()) {
+    if (simd_sort_available()) {
       forward_rows_f64_simd<scalar_t>(xl, yl, rows, n, m, p, loss, dx, dy);
     } else {
       forward_rows_f64<scalar_t>(xl, yl, rows, n, m, p, loss, dx, dy);
