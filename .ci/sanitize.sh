@@ -85,7 +85,7 @@ echo "== canary heap overflow caught: ASan is live"
 status=0
 test_start=$(date +%s)
 "$PYTHON" -m pytest -q -p no:cacheprovider \
-    tests/test_wasserstein_1d.py tests/test_normalized_wasserstein.py tests/test_properties.py \
+    tests/test_wasserstein_1d.py tests/test_normalized_wasserstein.py tests/test_properties.py tests/test_cpu_sort_paths.py \
     "$@" || status=$?
 echo "== tests under the sanitizers took $(( $(date +%s) - test_start )) s"
 
