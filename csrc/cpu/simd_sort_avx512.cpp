@@ -399,6 +399,7 @@ double simd_match_unequal(const uint64_t* x, const uint32_t* y, int64_t n, int64
   const __m256 inv = _mm256_set1_ps(static_cast<float>(1.0 / total));
   const __m512d dn = _mm512_set1_pd(static_cast<double>(n));
   const __m512d dm = _mm512_set1_pd(static_cast<double>(m));
+  const __m512d inv_n = _mm512_set1_pd(1.0 / static_cast<double>(n));
   const __m512d zero_d = _mm512_setzero_pd();
   const __m256 zero = _mm256_setzero_ps();
   const int64_t overlap = (m + n - 1) / n + 1;  // most y atoms one x atom can overlap
@@ -412,8 +413,8 @@ double simd_match_unequal(const uint64_t* x, const uint32_t* y, int64_t n, int64
     const __m256 xv = _mm512_castps512_ps256(key_floats(_mm512_castsi256_si512(xk)));
     const __m512d lo = _mm512_mul_pd(idx, dm);
     const __m512d hi = _mm512_add_pd(lo, dm);
-    __m512d b = _mm512_roundscale_pd(_mm512_div_pd(lo, dn), _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
-    // Exact floor(lo / n) whatever the rounding of the division.
+    __m512d b = _mm512_roundscale_pd(_mm512_mul_pd(lo, inv_n), _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+    // Exact floor(lo / n) whatever the rounding of lo * (1 / n) (off by one at most).
     b = _mm512_mask_sub_pd(b, _mm512_cmp_pd_mask(_mm512_mul_pd(b, dn), lo, _CMP_GT_OQ), b, _mm512_set1_pd(1.0));
     b = _mm512_mask_add_pd(b, _mm512_cmp_pd_mask(_mm512_add_pd(_mm512_mul_pd(b, dn), dn), lo, _CMP_LE_OQ), b,
                            _mm512_set1_pd(1.0));
