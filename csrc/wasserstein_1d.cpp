@@ -19,14 +19,19 @@
 #include "wasserstein_math.h"
 
 // `import pdl_ext._C` loads this library, which runs the TORCH_LIBRARY registrations below.
-// _C.cpu_sort() names the sort the CPU kernels use for float32 rows here: "avx512" (rows up to
-// kSimdMaxRow) or "radix" (no AVX-512, or PDL_EXT_CPU_SORT=radix in the environment).
+// _C.cpu_sort() names the path of the CPU kernels here: "avx512" or "avx2" (vectorized sorts and
+// matching) or "radix" (portable), as the processor and PDL_EXT_CPU_SORT allow.
 namespace {
 PyObject* cpu_sort(PyObject*, PyObject*) {
-  return PyUnicode_FromString(pdl_ext::cpu::simd_sort_available() ? "avx512" : "radix");
+  try {
+    return PyUnicode_FromString(pdl_ext::cpu::cpu_sort_name());
+  } catch (const c10::Error& e) {  // a bad PDL_EXT_CPU_SORT
+    PyErr_SetString(PyExc_ValueError, e.what_without_backtrace());
+    return nullptr;
+  }
 }
 PyMethodDef module_methods[] = {
-    {"cpu_sort", cpu_sort, METH_NOARGS, "The CPU sort of float32 rows: 'avx512' or 'radix'."},
+    {"cpu_sort", cpu_sort, METH_NOARGS, "The path of the CPU kernels: 'avx512', 'avx2' or 'radix'."},
     {nullptr, nullptr, 0, nullptr}};
 }  // namespace
 

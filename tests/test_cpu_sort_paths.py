@@ -1,13 +1,14 @@
-"""The two sorts of the CPU kernels for float32/16 rows: the AVX-512 merge sort and the portable radix sort.
+"""The paths of the CPU kernels: vectorized (AVX-512 or AVX2) and portable (radix sort, scalar matching).
 
-On a processor with AVX-512 the kernels sort short rows with the vectorized merge sort
-(csrc/cpu/simd_sort_avx512.cpp), long float32 rows one by one with the radix sort, float64 rows up to
-4096 by their keys alone (gradients reach their positions through ranks found by binary search), and
-match the rows of a loss (x needs its gradient, y not) with vector code; ``PDL_EXT_CPU_SORT=radix``
-forces the portable path (grouped radix sort, scalar matching). Both paths must give the same sorted order,
-so the same gradients bit for bit and the same distances up to the order of the float64 summation,
-and both must agree with the pure-PyTorch reference.
+With AVX-512 or AVX2 the kernels sort short rows with the vectorized merge sort (csrc/cpu/simd_sort_impl.h),
+long float32 rows one by one with the radix sort, float64 rows by their float32-rounded keys and then by
+value, and match the rows of a loss (x needs its gradient, y not) with vector code. The environment
+variable ``PDL_EXT_CPU_SORT`` (auto | avx512 | avx2 | radix) picks a path. Every path must give the same
+sorted order, so the same gradients bit for bit and the same distances up to the order of the float64
+summation, and all must agree with the pure-PyTorch reference.
 """
+import os
+
 import pytest
 import torch
 
@@ -21,7 +22,28 @@ def _cpu_sort() -> str:
     return pdl_ext._C.cpu_sort() if extension.COMPILED else "none"
 
 
-requires_avx512 = pytest.mark.skipif(_cpu_sort() != "avx512", reason="no AVX-512 on this processor")
+def _simd_kinds():
+    """The vectorized paths this processor runs."""
+    if not extension.COMPILED:
+        return []
+    saved = os.environ.get("PDL_EXT_CPU_SORT")
+    kinds = []
+    try:
+        for kind in ("avx512", "avx2"):
+            os.environ["PDL_EXT_CPU_SORT"] = kind
+            if _cpu_sort() == kind:
+                kinds.append(kind)
+    finally:
+        if saved is None:
+            os.environ.pop("PDL_EXT_CPU_SORT", None)
+        else:
+            os.environ["PDL_EXT_CPU_SORT"] = saved
+    return kinds
+
+
+SIMD_KINDS = _simd_kinds()
+simd_kind = pytest.mark.parametrize(
+    "kind", SIMD_KINDS or [pytest.param("none", marks=pytest.mark.skip(reason="no AVX-512 or AVX2 here"))])
 
 
 def _run(x, y, p, grad_x, grad_y, op=pdl_ext.wasserstein_1d):
@@ -34,9 +56,9 @@ def _run(x, y, p, grad_x, grad_y, op=pdl_ext.wasserstein_1d):
     return w.detach(), grads
 
 
-def _both_paths(monkeypatch, *args, **kwargs):
-    monkeypatch.delenv("PDL_EXT_CPU_SORT", raising=False)
-    assert _cpu_sort() == "avx512"
+def _both_paths(monkeypatch, kind, *args, **kwargs):
+    monkeypatch.setenv("PDL_EXT_CPU_SORT", kind)
+    assert _cpu_sort() == kind
     fast = _run(*args, **kwargs)
     monkeypatch.setenv("PDL_EXT_CPU_SORT", "radix")
     assert _cpu_sort() == "radix"
@@ -67,29 +89,29 @@ def _data(kind, rows, n, m, dtype, seed):
 LENGTHS = [1, 2, 7, 8, 9, 15, 16, 17, 63, 64, 65, 127, 128, 129, 200, 255, 256, 257, 1000, 1024, 2049, 4095, 4096, 4097, 20000]
 
 
-@requires_avx512
+@simd_kind
 @pytest.mark.parametrize("n", LENGTHS)
-@pytest.mark.parametrize("kind", ["normal", "ties", "relu"])
+@pytest.mark.parametrize("data", ["normal", "ties", "relu"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_avx512_and_radix_agree_for_a_loss(monkeypatch, n, kind, dtype):
+def test_vectorized_and_radix_agree_for_a_loss(monkeypatch, kind, n, data, dtype):
     rows = 3 if n > 1000 else 9
-    x, y = _data(kind, rows, n, n, dtype, seed=n)
+    x, y = _data(data, rows, n, n, dtype, seed=n)
     for p in (1, 2):
-        (w, (gx,)), (w_r, (gx_r,)) = _both_paths(monkeypatch, x, y, p, True, False)
-        assert torch.equal(gx, gx_r), f"n={n} {kind} p={p}: gradients differ between the sorts"
+        (w, (gx,)), (w_r, (gx_r,)) = _both_paths(monkeypatch, kind, x, y, p, True, False)
+        assert torch.equal(gx, gx_r), f"{kind} n={n} {data} p={p}: gradients differ between the sorts"
         torch.testing.assert_close(w, w_r, rtol=1e-6, atol=0, equal_nan=True)
         w_ref, (gx_ref,) = _run(x.double(), y.double(), p, True, False, op=reference.wasserstein_1d)
         torch.testing.assert_close(w.double(), w_ref, rtol=1e-5, atol=1e-6, equal_nan=True)
         torch.testing.assert_close(gx.double(), gx_ref, rtol=1e-5, atol=1e-7, equal_nan=True)
 
 
-@requires_avx512
+@simd_kind
 @pytest.mark.parametrize("n,m", [(64, 64), (100, 37), (37, 100), (1024, 1000), (3000, 4096), (5000, 4097)])
 @pytest.mark.parametrize("grads", [(True, True), (False, True), (True, False)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
-def test_avx512_and_radix_agree_for_every_gradient_and_dtype(monkeypatch, n, m, grads, dtype):
+def test_vectorized_and_radix_agree_for_every_gradient_and_dtype(monkeypatch, kind, n, m, grads, dtype):
     x, y = _data("ties" if n == 100 else "normal", 4, n, m, dtype, seed=n + 7 * m)
-    (w, g), (w_r, g_r) = _both_paths(monkeypatch, x, y, 1, *grads)
+    (w, g), (w_r, g_r) = _both_paths(monkeypatch, kind, x, y, 1, *grads)
     for a, b in zip(g, g_r):
         assert torch.equal(a, b)
     torch.testing.assert_close(w, w_r, rtol=1e-6 if dtype in (torch.float32, torch.float64) else 1e-3, atol=0)
@@ -100,25 +122,25 @@ def test_avx512_and_radix_agree_for_every_gradient_and_dtype(monkeypatch, n, m, 
         torch.testing.assert_close(a.double(), b, **tol)
 
 
-@requires_avx512
+@simd_kind
 @pytest.mark.parametrize("n", [5, 64, 300, 4096])
-def test_avx512_nan_rows_are_nan(monkeypatch, n):
+def test_vectorized_nan_rows_are_nan(monkeypatch, kind, n):
     x, y = _data("normal", 4, n, n, torch.float32, seed=3)
     x[1, n // 2] = float("nan")
     y[2, n - 1] = float("nan")
-    (w, (gx,)), (w_r, (gx_r,)) = _both_paths(monkeypatch, x, y, 1, True, False)
+    (w, (gx,)), (w_r, (gx_r,)) = _both_paths(monkeypatch, kind, x, y, 1, True, False)
     assert torch.isnan(w[1:3]).all() and not torch.isnan(w[[0, 3]]).any()
     assert torch.isnan(gx[1:3]).all() and not torch.isnan(gx[[0, 3]]).any()
     assert torch.equal(gx.nan_to_num(), gx_r.nan_to_num())
 
 
-@requires_avx512
+@simd_kind
 @pytest.mark.parametrize("n,m", [(49, 49), (256, 200)])
-def test_avx512_and_radix_agree_for_the_normalized_op(monkeypatch, n, m):
+def test_vectorized_and_radix_agree_for_the_normalized_op(monkeypatch, kind, n, m):
     g = torch.Generator().manual_seed(n)
     x = torch.relu(torch.randn(2, 5, n, generator=g))
     y = torch.relu(torch.randn(2, 5, m, generator=g))
-    (w, (gx,)), (w_r, (gx_r,)) = _both_paths(monkeypatch, x, y, 2, True, False, op=pdl_ext.normalized_wasserstein_1d)
+    (w, (gx,)), (w_r, (gx_r,)) = _both_paths(monkeypatch, kind, x, y, 2, True, False, op=pdl_ext.normalized_wasserstein_1d)
     assert torch.equal(gx, gx_r)
     torch.testing.assert_close(w, w_r, rtol=1e-6, atol=0)
 
@@ -126,13 +148,18 @@ def test_avx512_and_radix_agree_for_the_normalized_op(monkeypatch, n, m):
 def test_cpu_sort_is_reported_and_can_be_forced(monkeypatch):
     monkeypatch.setenv("PDL_EXT_CPU_SORT", "radix")
     assert pdl_ext.extension_info()["cpu_sort"] == "radix"
-    monkeypatch.delenv("PDL_EXT_CPU_SORT")
-    assert pdl_ext.extension_info()["cpu_sort"] in ("avx512", "radix")
+    monkeypatch.setenv("PDL_EXT_CPU_SORT", "auto")
+    assert pdl_ext.extension_info()["cpu_sort"] == (SIMD_KINDS + ["radix"])[0]
+    monkeypatch.setenv("PDL_EXT_CPU_SORT", "fastest")
+    with pytest.raises(RuntimeError, match="PDL_EXT_CPU_SORT must be auto, avx512, avx2 or radix, got 'fastest'"):
+        pdl_ext.wasserstein_1d(torch.rand(2, 3), torch.rand(2, 3))
+    with pytest.raises(ValueError, match="PDL_EXT_CPU_SORT must be"):
+        pdl_ext._C.cpu_sort()
 
 
-@requires_avx512
+@simd_kind
 @pytest.mark.parametrize("n", [5, 40, 300, 3000, 5000])
-def test_float64_values_that_round_alike_in_float32(monkeypatch, n):
+def test_float64_values_that_round_alike_in_float32(monkeypatch, kind, n):
     # The float64 path sorts by the float32-rounded key, then re-sorts runs of equal float32 keys by
     # the float64 value: runs of values 1e-12 apart, beyond float32's range (inf) and below it (0).
     g = torch.Generator().manual_seed(n)
@@ -142,7 +169,7 @@ def test_float64_values_that_round_alike_in_float32(monkeypatch, n):
     y = base[torch.randint(0, len(base), (4, n), generator=g)] * (1 + torch.rand(4, n, generator=g, dtype=torch.float64) * 1e-11)
     assert (x.float().unique().numel() < x.unique().numel())  # many float64 values share a float32 key
     for p in (1, 2):
-        (w, g_fast), (w_r, g_radix) = _both_paths(monkeypatch, x, y, p, True, True)
+        (w, g_fast), (w_r, g_radix) = _both_paths(monkeypatch, kind, x, y, p, True, True)
         for a, b in zip(g_fast, g_radix):
             assert torch.equal(a, b)
         torch.testing.assert_close(w, w_r, rtol=1e-12, atol=0, equal_nan=True)

@@ -1,9 +1,9 @@
-// Vectorized (AVX-512) merge sort of one row of unsigned keys, for the per-row sorts of the CPU
-// kernels on x86-64 processors that have AVX-512 (F, BW, DQ, VL).
+// Vectorized row sorts and matching for the CPU kernels, chosen at run time by the processor:
+// AVX-512 (F, BW, DQ, VL), AVX2, or none (the kernels then use the radix sort of radix_sort.h).
 //
-// The functions live in their own translation unit compiled for AVX-512 and are only called after
-// simd_sort_available() said yes, so the library still runs on processors without it (the radix
-// sort in radix_sort.h is then used).
+// Each instruction set's kernels live in their own translation unit compiled for it
+// (simd_sort_avx512.cpp, simd_sort_avx2.cpp; the shared merge sort is simd_sort_impl.h) and are only
+// reached through simd_kernels(), which checks the processor first, so the library runs anywhere.
 #pragma once
 
 #include <cstdint>
@@ -11,40 +11,47 @@
 namespace pdl_ext {
 namespace cpu {
 
-// True when this build has the AVX-512 sort and this processor (and OS) can run it, unless the
-// environment variable PDL_EXT_CPU_SORT is "radix" (forces the portable radix sort; for tests and
-// benchmarks of both paths).
-bool simd_sort_available();
+struct SimdKernels {
+  const char* name;  // "avx512" or "avx2"
+  // Longest rows the merge sort takes (64-bit items, 32-bit keys); longer ones are radix sorted.
+  int64_t max_row_u64, max_row_u32;
 
-// Capacity a buffer needs for a row of n items: n rounded up to the sort's block of 8 vectors.
-int64_t simd_sort_capacity_u64(int64_t n);
-int64_t simd_sort_capacity_u32(int64_t n);
+  // Sorts a[0, n) ascending (unsigned order) using tmp as scratch; both buffers must hold
+  // simd_sort_capacity(n) items. The padding a[n, capacity) is overwritten with the largest value (a
+  // NaN's key: callers treat rows with NaN apart). Returns the buffer holding the sorted items.
+  uint64_t* (*sort_u64)(uint64_t* a, uint64_t* tmp, int64_t n);
+  uint32_t* (*sort_u32)(uint32_t* a, uint32_t* tmp, int64_t n);
+  // Two rows of the same length at once (their merges overlap): out[k] is sorted row k, k = 0, 1.
+  void (*sort2_u64)(uint64_t* const a[2], uint64_t* const tmp[2], int64_t n, uint64_t* out[2]);
+  void (*sort2_u32)(uint32_t* const a[2], uint32_t* const tmp[2], int64_t n, uint32_t* out[2]);
 
-// Sorts a[0, n) ascending (unsigned order) using tmp as scratch; both buffers must hold
-// simd_sort_capacity_*(n) items. The padding a[n, capacity) is overwritten with the largest value
-// (callers must treat keys equal to that value, a NaN, as their NaN case). Returns the buffer that
-// holds the sorted items (a or tmp).
-uint64_t* simd_sort_u64(uint64_t* a, uint64_t* tmp, int64_t n);
-uint32_t* simd_sort_u32(uint32_t* a, uint32_t* tmp, int64_t n);
+  // Order-preserving keys of floats (KeyTraits<float>::to_key): out[i] = key(src[i]) << 32 | i (u64,
+  // the position in the low half) or key(src[i]) (u32). Returns true when src holds a NaN.
+  bool (*keys_u64)(const float* src, int64_t n, uint64_t* out);
+  bool (*keys_u32)(const float* src, int64_t n, uint32_t* out);
 
-// Two rows of the same length at once (their merges overlap): sorts a[k] with scratch tmp[k] and sets
-// out[k] to the buffer holding sorted row k, k = 0, 1.
-void simd_sort2_u64(uint64_t* const a[2], uint64_t* const tmp[2], int64_t n, uint64_t* out[2]);
-void simd_sort2_u32(uint32_t* const a[2], uint32_t* const tmp[2], int64_t n, uint32_t* out[2]);
+  // The matching of a loss's sorted rows (x as key << 32 | position items, y as keys), with
+  // match_row's float arithmetic per pair: writes dx[position] = d(W_p^p)/dx. Equal lengths: returns
+  // the sum of |x - y|^p in double (divide by n). Unequal (n m < 2^52; nullptr when the set has
+  // none): the sum over the merged grid's segments of length * |x - y|^p (divide by n m).
+  double (*match_equal)(const uint64_t* x, const uint32_t* y, int64_t n, int p, float* dx);
+  double (*match_unequal)(const uint64_t* x, const uint32_t* y, int64_t n, int64_t m, int p, float* dx);
+};
 
-// Order-preserving keys of floats (KeyTraits<float>::to_key): out[i] = key(src[i]) << 32 | i (u64,
-// the position in the low half) or key(src[i]) (u32). Returns true when src holds a NaN.
-bool simd_keys_u64(const float* src, int64_t n, uint64_t* out);
-bool simd_keys_u32(const float* src, int64_t n, uint32_t* out);
+// The kernels for this processor, or nullptr for the radix sort. The environment variable
+// PDL_EXT_CPU_SORT = auto (default) | avx512 | avx2 | radix caps the choice (for tests and
+// benchmarks of every path); a set the processor lacks falls back to the next one down.
+const SimdKernels* simd_kernels();
 
-// The matching of two sorted rows of equal length n (x as key << 32 | position items, y as keys), the
-// fast case of match_row in wasserstein_1d_cpu.cpp with the same float arithmetic per pair: writes
-// dx[position] = d(W_p^p)/dx and returns sum over pairs of |x - y|^p in double (divide by n for W_p^p).
-double simd_match_equal(const uint64_t* x, const uint32_t* y, int64_t n, int p, float* dx);
+// The name of the path simd_kernels() picks: "avx512", "avx2" or "radix".
+const char* cpu_sort_name();
 
-// The same for rows of lengths n != m (the merged quantile grid, as match_row walks it; n m < 2^52):
-// returns the sum over segments of length * |x - y|^p in units of 1 / (n m) (divide by n m).
-double simd_match_unequal(const uint64_t* x, const uint32_t* y, int64_t n, int64_t m, int p, float* dx);
+// Capacity a buffer needs for a row of n items (any instruction set).
+inline int64_t simd_sort_capacity(int64_t n) { return (n + 127) / 128 * 128; }
+
+// Per instruction set (nullptr when not compiled in); callers go through simd_kernels().
+const SimdKernels* avx512_kernels();
+const SimdKernels* avx2_kernels();
 
 }  // namespace cpu
 }  // namespace pdl_ext

@@ -283,17 +283,15 @@ void forward_rows_f32(XL xl, YL yl, int64_t rows, int64_t n, int64_t m, int p, s
   });
 }
 
-// On processors with AVX-512 (simd_sort.h), 32-bit keys are sorted row by row: a side whose gradient
-// is wanted sorts 64-bit items (key << 32 | position), the other side its 32-bit keys alone. Short
-// rows use the vectorized merge sort, two rows at a time; rows longer than these limits the radix sort
-// (3 passes of 11 bits over the key), which then costs less than the merge sort's log2(n / 64) passes
-// (measured here: 64-bit items 4.9 vs 5.2 ns per item at 2048, 5.6 vs 5.4 at 4096; 32-bit keys 3.1 vs
-// 3.8 at 8192, 3.6 vs 3.5 at 16384).
-constexpr int64_t kSimdMaxRow64 = 2048;
-constexpr int64_t kSimdMaxRow32 = 8192;
+// With vectorized kernels (simd_sort.h: AVX-512 or AVX2), 32-bit keys are sorted row by row: a side
+// whose gradient is wanted sorts 64-bit items (key << 32 | position), the other side its 32-bit keys
+// alone. Rows up to the kernels' max_row_* use their merge sort, two rows at a time; longer rows the
+// radix sort (3 passes of 11 bits over the key), which then costs less than the merge sort's
+// log2(n / block) passes.
 
 // Two row slots of one side (x or y): load keys, sort, read back values and positions.
 struct SimdSide {
+  const SimdKernels* kern;
   bool pos;  // sort positions with the keys
   int64_t n;
   std::vector<float> stage;  // a row as float32, unless it is one already
@@ -303,13 +301,13 @@ struct SimdSide {
   const uint64_t* s64[2] = {nullptr, nullptr};  // the sorted rows (pos) ...
   const uint32_t* s32[2] = {nullptr, nullptr};  // ... or their sorted keys (!pos)
 
-  SimdSide(bool with_pos, int64_t len) : pos(with_pos), n(len), stage(len), hist(3 << 11) {
+  SimdSide(const SimdKernels* k, bool with_pos, int64_t len) : kern(k), pos(with_pos), n(len), stage(len), hist(3 << 11) {
     for (int k = 0; k < 2; ++k) {
       if (pos) {
-        a64[k].resize(simd_sort_capacity_u64(n));
+        a64[k].resize(simd_sort_capacity(n));
         t64[k].resize(a64[k].size());
       } else {
-        a32[k].resize(simd_sort_capacity_u32(n));
+        a32[k].resize(simd_sort_capacity(n));
         t32[k].resize(a32[k].size());
       }
     }
@@ -325,16 +323,16 @@ struct SimdSide {
       for (int64_t i = 0; i < n; ++i) stage[i] = row(i);
       src = stage.data();
     }
-    return pos ? !simd_keys_u64(src, n, a64[k].data()) : !simd_keys_u32(src, n, a32[k].data());
+    return pos ? !kern->keys_u64(src, n, a64[k].data()) : !kern->keys_u32(src, n, a32[k].data());
   }
 
   void sort_one(int k) {
     if (pos) {
-      s64[k] = n <= kSimdMaxRow64 ? simd_sort_u64(a64[k].data(), t64[k].data(), n)
+      s64[k] = n <= kern->max_row_u64 ? kern->sort_u64(a64[k].data(), t64[k].data(), n)
                                   : radix_sort<32, 11>(a64[k].data(), t64[k].data(), n,
                                                        [](uint64_t v) { return v >> 32; }, hist.data());
     } else {
-      s32[k] = n <= kSimdMaxRow32 ? simd_sort_u32(a32[k].data(), t32[k].data(), n)
+      s32[k] = n <= kern->max_row_u32 ? kern->sort_u32(a32[k].data(), t32[k].data(), n)
                                   : radix_sort<32, 11>(a32[k].data(), t32[k].data(), n,
                                                        [](uint32_t v) { return v; }, hist.data());
     }
@@ -342,19 +340,19 @@ struct SimdSide {
 
   // Sorts the loaded slots k < count whose ok[k] is set.
   void sort(int count, const bool* ok) {
-    if (count == 2 && ok[0] && ok[1] && n <= (pos ? kSimdMaxRow64 : kSimdMaxRow32)) {
+    if (count == 2 && ok[0] && ok[1] && n <= (pos ? kern->max_row_u64 : kern->max_row_u32)) {
       if (pos) {
         uint64_t* const a[2] = {a64[0].data(), a64[1].data()};
         uint64_t* const t[2] = {t64[0].data(), t64[1].data()};
         uint64_t* out[2];
-        simd_sort2_u64(a, t, n, out);
+        kern->sort2_u64(a, t, n, out);
         s64[0] = out[0];
         s64[1] = out[1];
       } else {
         uint32_t* const a[2] = {a32[0].data(), a32[1].data()};
         uint32_t* const t[2] = {t32[0].data(), t32[1].data()};
         uint32_t* out[2];
-        simd_sort2_u32(a, t, n, out);
+        kern->sort2_u32(a, t, n, out);
         s32[0] = out[0];
         s32[1] = out[1];
       }
@@ -372,12 +370,12 @@ struct SimdSide {
 };
 
 template <typename scalar_t, typename XL, typename YL>
-void forward_rows_f32_simd(XL xl, YL yl, int64_t rows, int64_t n, int64_t m, int p, scalar_t* loss,
+void forward_rows_f32_simd(const SimdKernels* kern, XL xl, YL yl, int64_t rows, int64_t n, int64_t m, int p, scalar_t* loss,
                            scalar_t* dx, scalar_t* dy) {
   using A = float;
   const int64_t grain = std::max<int64_t>(2, 16384 / (n + m));
   at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
-    SimdSide sx(dx != nullptr, n), sy(dy != nullptr, m);  // scratch reused by every row of this chunk
+    SimdSide sx(kern, dx != nullptr, n), sy(kern, dy != nullptr, m);  // scratch reused by every row of this chunk
     for (int64_t r0 = begin; r0 < end; r0 += 2) {
       const int count = static_cast<int>(std::min<int64_t>(2, end - r0));
       bool ok_x[2] = {false, false}, ok_y[2] = {false, false}, ok[2];
@@ -399,12 +397,12 @@ void forward_rows_f32_simd(XL xl, YL yl, int64_t rows, int64_t n, int64_t m, int
         if constexpr (std::is_same_v<scalar_t, float>) {
           if (dxr != nullptr && dyr == nullptr) {  // a loss: x against a fixed target
             if (n == m) {
-              loss[r] = static_cast<float>(simd_match_equal(sx.s64[k], sy.s32[k], n, p, dxr) / static_cast<double>(n));
+              loss[r] = static_cast<float>(kern->match_equal(sx.s64[k], sy.s32[k], n, p, dxr) / static_cast<double>(n));
               continue;
             }
             const double total = static_cast<double>(n) * static_cast<double>(m);
-            if (total < 0x1p52) {
-              loss[r] = static_cast<float>(simd_match_unequal(sx.s64[k], sy.s32[k], n, m, p, dxr) / total);
+            if (total < 0x1p52 && kern->match_unequal != nullptr) {
+              loss[r] = static_cast<float>(kern->match_unequal(sx.s64[k], sy.s32[k], n, m, p, dxr) / total);
               continue;
             }
           }
@@ -423,6 +421,7 @@ void forward_rows_f32_simd(XL xl, YL yl, int64_t rows, int64_t n, int64_t m, int
 // rare, except exact ties, already in position order) is re-sorted stably by the float64 value.
 // Rounding to float32 is monotone, so the result is the exact (value, position) order.
 struct Sorted64 {
+  const SimdKernels* kern;
   int64_t n;
   std::vector<double> vals;  // the row
   std::vector<float> narrow;  // the row rounded to float32
@@ -430,8 +429,8 @@ struct Sorted64 {
   std::vector<uint32_t> hist;
   uint64_t* s = nullptr;  // the sorted items
 
-  explicit Sorted64(int64_t len)
-      : n(len), vals(len), narrow(len), a(simd_sort_capacity_u64(len)), t(a.size()), hist(3 << 11) {}
+  Sorted64(const SimdKernels* k, int64_t len)
+      : kern(k), n(len), vals(len), narrow(len), a(simd_sort_capacity(len)), t(a.size()), hist(3 << 11) {}
 
   // Loads and sorts a row; false when it holds a NaN.
   template <typename RowView>
@@ -443,8 +442,8 @@ struct Sorted64 {
       vals[i] = v;
       narrow[i] = static_cast<float>(v);
     }
-    if (nan || simd_keys_u64(narrow.data(), n, a.data())) return false;
-    s = n <= kSimdMaxRow64 ? simd_sort_u64(a.data(), t.data(), n)
+    if (nan || kern->keys_u64(narrow.data(), n, a.data())) return false;
+    s = n <= kern->max_row_u64 ? kern->sort_u64(a.data(), t.data(), n)
                            : radix_sort<32, 11>(a.data(), t.data(), n, [](uint64_t v) { return v >> 32; }, hist.data());
     refine();
     return true;
@@ -475,11 +474,11 @@ struct Sorted64 {
 };
 
 template <typename scalar_t, typename XL, typename YL>
-void forward_rows_f64_simd(XL xl, YL yl, int64_t rows, int64_t n, int64_t m, int p, scalar_t* loss, scalar_t* dx,
+void forward_rows_f64_simd(const SimdKernels* kern, XL xl, YL yl, int64_t rows, int64_t n, int64_t m, int p, scalar_t* loss, scalar_t* dx,
                            scalar_t* dy) {
   const int64_t grain = std::max<int64_t>(1, 16384 / (n + m));
   at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
-    Sorted64 sx(n), sy(m);  // scratch reused by every row of this chunk
+    Sorted64 sx(kern, n), sy(kern, m);  // scratch reused by every row of this chunk
     for (int64_t r = begin; r < end; ++r) {
       scalar_t* dxr = dx != nullptr ? dx + r * n : nullptr;
       scalar_t* dyr = dy != nullptr ? dy + r * m : nullptr;
@@ -498,14 +497,15 @@ void forward_rows_f64_simd(XL xl, YL yl, int64_t rows, int64_t n, int64_t m, int
 template <typename scalar_t, typename XL, typename YL>
 void forward_rows(XL xl, YL yl, int64_t rows, int64_t n, int64_t m, int p, scalar_t* loss, scalar_t* dx,
                   scalar_t* dy) {
+  const SimdKernels* kern = simd_kernels();  // nullptr: the portable radix path
   if constexpr (std::is_same_v<at::opmath_type<scalar_t>, double>) {
-    if (simd_sort_available()) {
-      forward_rows_f64_simd<scalar_t>(xl, yl, rows, n, m, p, loss, dx, dy);
+    if (kern != nullptr) {
+      forward_rows_f64_simd<scalar_t>(kern, xl, yl, rows, n, m, p, loss, dx, dy);
     } else {
       forward_rows_f64<scalar_t>(xl, yl, rows, n, m, p, loss, dx, dy);
     }
-  } else if (simd_sort_available()) {
-    forward_rows_f32_simd<scalar_t>(xl, yl, rows, n, m, p, loss, dx, dy);
+  } else if (kern != nullptr) {
+    forward_rows_f32_simd<scalar_t>(kern, xl, yl, rows, n, m, p, loss, dx, dy);
   } else {
     forward_rows_f32<scalar_t>(xl, yl, rows, n, m, p, loss, dx, dy);
   }
