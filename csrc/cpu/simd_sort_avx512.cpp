@@ -214,7 +214,22 @@ double match_unequal(const uint64_t* x, const uint32_t* y, int64_t n, int64_t m,
       const __mmask8 on = _mm512_mask_cmp_pd_mask(mx, len, zero_d, _CMP_GT_OQ);
       if (on == 0) break;
       const __m256i yi = _mm512_cvttpd_epi32(b);
-      const __m256i yk = _mm256_mmask_i32gather_epi32(_mm256_setzero_si256(), on, yi, y, 4);
+      // The 8 atoms' y indices rise by ~m/n per lane: when they fit in a window of 16 keys, one
+      // (masked) load and a permute replace the gather.
+      const int32_t w0 = _mm256_cvtsi256_si32(yi);
+      const int32_t w7 = _mm256_extract_epi32(yi, 7);
+      __m256i yk;
+      if (w7 - w0 < 16) {
+        const int64_t left = m - w0;
+        const __mmask16 valid = left >= 16  ? static_cast<__mmask16>(0xFFFF)
+                                : left <= 0 ? static_cast<__mmask16>(0)
+                                            : static_cast<__mmask16>((1u << left) - 1u);
+        const __m512i window = _mm512_maskz_loadu_epi32(valid, y + w0);
+        const __m512i rel = _mm512_castsi256_si512(_mm256_sub_epi32(yi, _mm256_set1_epi32(w0)));
+        yk = _mm512_castsi512_si256(_mm512_permutexvar_epi32(rel, window));
+      } else {
+        yk = _mm256_mmask_i32gather_epi32(_mm256_setzero_si256(), on, yi, y, 4);
+      }
       const __m256 yv = _mm512_castps512_ps256(key_floats(_mm512_castsi256_si512(yk)));
       const __m256 d = _mm256_maskz_sub_ps(on, xv, yv);
       __m256 cost, g;
