@@ -36,6 +36,10 @@ struct SimdKernels {
   // none): the sum over the merged grid's segments of length * |x - y|^p (divide by n m).
   double (*match_equal)(const uint64_t* x, const uint32_t* y, int64_t n, int p, float* dx);
   double (*match_unequal)(const uint64_t* x, const uint32_t* y, int64_t n, int64_t m, int p, float* dx);
+  // float64 rows of equal length, sorted as items (.. | position) over their values xv, yv: the same
+  // as match_equal (nullptr when the set has none).
+  double (*match_equal_f64)(const uint64_t* x, const double* xv, const uint64_t* y, const double* yv, int64_t n,
+                            int p, double* dx);
 };
 
 // The kernels for this processor, or nullptr for the radix sort. The environment variable

@@ -211,7 +211,8 @@ void sort2_u32(uint32_t* const a[2], uint32_t* const tmp[2], int64_t n, uint32_t
 
 const SimdKernels* avx2_kernels() {  // compiled for the baseline: callable anywhere
   static const SimdKernels kernels{"avx2",    kMaxRowU64,       kMaxRowU32,       sort_u64,    sort_u32, sort2_u64,
-                                   sort2_u32, keys_u64,         keys_u32,         match_equal, nullptr};
+                                   sort2_u32, keys_u64,         keys_u32,         match_equal, nullptr,
+                                   nullptr};
   return &kernels;
 }
 

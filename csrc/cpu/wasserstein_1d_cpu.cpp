@@ -298,10 +298,12 @@ struct SimdSide {
   std::vector<uint64_t> a64[2], t64[2];
   std::vector<uint32_t> a32[2], t32[2];
   std::vector<uint32_t> hist;          // radix counters (long rows)
+  std::vector<float> grad;             // float gradients of a half-precision row
   const uint64_t* s64[2] = {nullptr, nullptr};  // the sorted rows (pos) ...
   const uint32_t* s32[2] = {nullptr, nullptr};  // ... or their sorted keys (!pos)
 
-  SimdSide(const SimdKernels* k, bool with_pos, int64_t len) : kern(k), pos(with_pos), n(len), stage(len), hist(3 << 11) {
+  SimdSide(const SimdKernels* k, bool with_pos, int64_t len, bool narrow)
+      : kern(k), pos(with_pos), n(len), stage(len), hist(3 << 11), grad(narrow && with_pos ? len : 0) {
     for (int k = 0; k < 2; ++k) {
       if (pos) {
         a64[k].resize(simd_sort_capacity(n));
@@ -375,7 +377,8 @@ void forward_rows_f32_simd(const SimdKernels* kern, XL xl, YL yl, int64_t rows, 
   using A = float;
   const int64_t grain = std::max<int64_t>(2, 16384 / (n + m));
   at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
-    SimdSide sx(kern, dx != nullptr, n), sy(kern, dy != nullptr, m);  // scratch reused by every row of this chunk
+    constexpr bool narrow = !std::is_same_v<scalar_t, float>;  // float16 / bfloat16 rows
+    SimdSide sx(kern, dx != nullptr, n, narrow), sy(kern, dy != nullptr, m, narrow);  // scratch reused by every row of this chunk
     for (int64_t r0 = begin; r0 < end; r0 += 2) {
       const int count = static_cast<int>(std::min<int64_t>(2, end - r0));
       bool ok_x[2] = {false, false}, ok_y[2] = {false, false}, ok[2];
@@ -394,17 +397,25 @@ void forward_rows_f32_simd(const SimdKernels* kern, XL xl, YL yl, int64_t rows, 
           write_nan_row(r, n, m, loss, dxr, dyr);
           continue;
         }
-        if constexpr (std::is_same_v<scalar_t, float>) {
-          if (dxr != nullptr && dyr == nullptr) {  // a loss: x against a fixed target
-            if (n == m) {
-              loss[r] = static_cast<float>(kern->match_equal(sx.s64[k], sy.s32[k], n, p, dxr) / static_cast<double>(n));
-              continue;
+        if (dxr != nullptr && dyr == nullptr) {  // a loss: x against a fixed target
+          // The vector match writes float gradients: straight into dx, or into scratch for half types.
+          float* g = std::is_same_v<scalar_t, float> ? reinterpret_cast<float*>(dxr) : sx.grad.data();
+          const double total = static_cast<double>(n) * static_cast<double>(m);
+          bool matched = true;
+          double w = 0.0;
+          if (n == m) {
+            w = kern->match_equal(sx.s64[k], sy.s32[k], n, p, g) / static_cast<double>(n);
+          } else if (total < 0x1p52 && kern->match_unequal != nullptr) {
+            w = kern->match_unequal(sx.s64[k], sy.s32[k], n, m, p, g) / total;
+          } else {
+            matched = false;
+          }
+          if (matched) {
+            if constexpr (!std::is_same_v<scalar_t, float>) {
+              for (int64_t i = 0; i < n; ++i) dxr[i] = static_cast<scalar_t>(g[i]);
             }
-            const double total = static_cast<double>(n) * static_cast<double>(m);
-            if (total < 0x1p52 && kern->match_unequal != nullptr) {
-              loss[r] = static_cast<float>(kern->match_unequal(sx.s64[k], sy.s32[k], n, m, p, dxr) / total);
-              continue;
-            }
+            loss[r] = static_cast<scalar_t>(w);
+            continue;
           }
         }
         loss[r] = static_cast<scalar_t>(match_row<A>(
@@ -455,17 +466,17 @@ struct Sorted64 {
       const double a = v[static_cast<uint32_t>(u)], b = v[static_cast<uint32_t>(w)];
       return a < b || (a == b && static_cast<uint32_t>(u) < static_cast<uint32_t>(w));
     };
-    for (int64_t i = 0; i < n;) {
-      int64_t j = i + 1;
-      while (j < n && (s[j] >> 32) == (s[i] >> 32)) ++j;
-      if (j - i > 1) {
-        if (j - i <= kInsertionMax) {
-          insertion_sort(s + i, j - i, less);
-        } else {
-          std::sort(s + i, s + j, less);  // a strict total order: the stable order
-        }
+    for (int64_t i = 1; i < n; ++i) {
+      if (((s[i] ^ s[i - 1]) >> 32) != 0) continue;  // the common case: keys differ
+      const int64_t b = i - 1;
+      int64_t e = i + 1;
+      while (e < n && ((s[e] ^ s[b]) >> 32) == 0) ++e;
+      if (e - b <= kInsertionMax) {
+        insertion_sort(s + b, e - b, less);
+      } else {
+        std::sort(s + b, s + e, less);  // a strict total order: the stable order
       }
-      i = j;
+      i = e;  // s[e] starts another key
     }
   }
 
@@ -485,6 +496,12 @@ void forward_rows_f64_simd(const SimdKernels* kern, XL xl, YL yl, int64_t rows, 
       if (!sx.sort(xl.row(r)) || !sy.sort(yl.row(r))) {
         write_nan_row(r, n, m, loss, dxr, dyr);
         continue;
+      }
+      if constexpr (std::is_same_v<scalar_t, double>) {
+        if (n == m && dyr == nullptr && dxr != nullptr && kern->match_equal_f64 != nullptr) {
+          loss[r] = kern->match_equal_f64(sx.s, sx.vals.data(), sy.s, sy.vals.data(), n, p, dxr) / static_cast<double>(n);
+          continue;
+        }
       }
       loss[r] = static_cast<scalar_t>(match_row<double>(
           n, m, p, [&](int64_t i) { return sx.value(i); }, [&](int64_t i) { return sx.position(i); },
