@@ -1,5 +1,6 @@
-"""Timings of wasserstein_1d per shape (one pytest-benchmark group each): fused, pure PyTorch and POT
-(when installed), forward alone and forward+backward (x requires grad, y does not).
+"""Timings of wasserstein_1d per shape (one pytest-benchmark group each): fused (on the best CPU path,
+and capped to the AVX2 and portable radix paths where they run), pure PyTorch and POT (when installed),
+forward alone and forward+backward (x requires grad, y does not).
 
     pytest benchmarks/ --benchmark-only              # issue 4's table, timed
     pytest benchmarks/ --benchmark-disable           # smoke: small shapes, each case run once
@@ -13,6 +14,7 @@ from typing import Dict, Tuple
 import pytest
 import torch
 
+from pdl_ext import extension_info
 from pdl_ext.bench import IMPLEMENTATIONS, make_inputs, pure_torch_wasserstein_1d, step
 
 _expected: Dict[Tuple[int, int], torch.Tensor] = {}
@@ -28,12 +30,17 @@ def expected_values(rows: int, n: int) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("mode", ["forward", "forward+backward"])
-@pytest.mark.parametrize("impl", ["fused", "torch", "pot"])
-def test_wasserstein_1d(benchmark, shape: Tuple[int, int], impl: str, mode: str) -> None:
+@pytest.mark.parametrize("impl", ["fused", "fused-avx2", "fused-radix", "torch", "pot"])
+def test_wasserstein_1d(benchmark, monkeypatch, shape: Tuple[int, int], impl: str, mode: str) -> None:
     if impl == "pot":
         pytest.importorskip("ot", reason="POT is not installed")
+    if impl.startswith("fused-"):  # a CPU path below the best one: PDL_EXT_CPU_SORT caps the choice
+        path = impl.split("-", 1)[1]
+        monkeypatch.setenv("PDL_EXT_CPU_SORT", path)
+        if extension_info().get("cpu_sort") != path:
+            pytest.skip(f"the {path} CPU path does not run here")
     rows, n = shape
-    fn = IMPLEMENTATIONS[impl][1]
+    fn = IMPLEMENTATIONS[impl.split("-")[0]][1]
     x, y = make_inputs(rows, n, n, torch.float32)
     if mode == "forward":
         x.requires_grad_(False)  # the loss value alone, as in evaluation
