@@ -84,9 +84,11 @@ def _data(kind, rows, n, m, dtype, seed):
     return x.to(dtype), y.to(dtype)
 
 
-# Row lengths around every block size of the merge sort (16 and 8 lanes, blocks of 8 vectors, runs
-# that do not pair up) and the switch to the radix sort above 4096.
-LENGTHS = [1, 2, 7, 8, 9, 15, 16, 17, 63, 64, 65, 127, 128, 129, 200, 255, 256, 257, 1000, 1024, 2049, 4095, 4096, 4097, 20000]
+# Row lengths around every block size of the merge sorts (8 and 16 lanes for AVX-512, 4 and 8 for AVX2,
+# blocks of up to 8 vectors, runs that do not pair up) and the switches to the radix sort (64-bit items
+# above 2048 / 1024, 32-bit keys above 8192 / 4096).
+LENGTHS = [1, 2, 7, 8, 9, 15, 16, 17, 31, 33, 63, 64, 65, 127, 128, 129, 200, 255, 256, 257, 1000, 1024, 1025, 2048,
+           2049, 4095, 4096, 4097, 8193, 20000]
 
 
 @simd_kind
