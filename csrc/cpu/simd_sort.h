@@ -12,7 +12,7 @@ namespace pdl_ext {
 namespace cpu {
 
 struct SimdKernels {
-  const char* name;  // "avx512" or "avx2"
+  const char* name;  // "avx512", "avx2" (or "radix": the portable per-row primitives of the CPU kernels)
   // Longest rows the merge sort takes (64-bit items, 32-bit keys); longer ones are radix sorted.
   int64_t max_row_u64, max_row_u32;
 

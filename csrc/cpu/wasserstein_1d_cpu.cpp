@@ -372,7 +372,7 @@ struct SimdSide {
 };
 
 template <typename scalar_t, typename XL, typename YL>
-void forward_rows_f32_simd(const SimdKernels* kern, XL xl, YL yl, int64_t rows, int64_t n, int64_t m, int p, scalar_t* loss,
+void forward_rows_f32_rowwise(const SimdKernels* kern, XL xl, YL yl, int64_t rows, int64_t n, int64_t m, int p, scalar_t* loss,
                            scalar_t* dx, scalar_t* dy) {
   using A = float;
   const int64_t grain = std::max<int64_t>(2, 16384 / (n + m));
@@ -511,6 +511,44 @@ void forward_rows_f64_simd(const SimdKernels* kern, XL xl, YL yl, int64_t rows, 
 }
 
 // Runs the float32 (grouped) or float64 (per-row) forward on the given row loaders.
+// Without a vectorized set, long float32 rows still take the per-row path of forward_rows_f32_rowwise
+// (their grouped radix sort holds one row anyway), with these portable primitives: no merge sort
+// (max_row 0: every row is radix sorted), scalar key loads and matching. Then the side without a
+// gradient sorts 32-bit keys, and the match of a loss skips its generic walk.
+constexpr int64_t kPortablePerRowMin = kGroupItems;
+
+bool portable_keys_u64(const float* src, int64_t n, uint64_t* out) {
+  bool nan = false;
+  for (int64_t i = 0; i < n; ++i) {
+    nan |= src[i] != src[i];
+    out[i] = (static_cast<uint64_t>(KeyTraits<float>::to_key(src[i])) << 32) | static_cast<uint64_t>(i);
+  }
+  return nan;
+}
+
+bool portable_keys_u32(const float* src, int64_t n, uint32_t* out) {
+  bool nan = false;
+  for (int64_t i = 0; i < n; ++i) {
+    nan |= src[i] != src[i];
+    out[i] = KeyTraits<float>::to_key(src[i]);
+  }
+  return nan;
+}
+
+double portable_match_equal(const uint64_t* x, const uint32_t* y, int64_t n, int p, float* dx) {
+  const float inv = static_cast<float>(1.0 / static_cast<double>(n));
+  double sum = 0.0;
+  for (int64_t i = 0; i < n; ++i) {  // match_row's equal-length loop
+    const float d = KeyTraits<float>::from_key(static_cast<uint32_t>(x[i] >> 32)) - KeyTraits<float>::from_key(y[i]);
+    sum += static_cast<double>(pair_cost(d, p));
+    dx[static_cast<uint32_t>(x[i])] = pair_grad(d, p) * inv;
+  }
+  return sum;
+}
+
+const SimdKernels kPortable{"radix",  0,       0,       nullptr, nullptr, nullptr, nullptr, portable_keys_u64,
+                            portable_keys_u32, portable_match_equal, nullptr, nullptr};
+
 template <typename scalar_t, typename XL, typename YL>
 void forward_rows(XL xl, YL yl, int64_t rows, int64_t n, int64_t m, int p, scalar_t* loss, scalar_t* dx,
                   scalar_t* dy) {
@@ -522,7 +560,9 @@ void forward_rows(XL xl, YL yl, int64_t rows, int64_t n, int64_t m, int p, scala
       forward_rows_f64<scalar_t>(xl, yl, rows, n, m, p, loss, dx, dy);
     }
   } else if (kern != nullptr) {
-    forward_rows_f32_simd<scalar_t>(kern, xl, yl, rows, n, m, p, loss, dx, dy);
+    forward_rows_f32_rowwise<scalar_t>(kern, xl, yl, rows, n, m, p, loss, dx, dy);
+  } else if (std::max(n, m) >= kPortablePerRowMin) {
+    forward_rows_f32_rowwise<scalar_t>(&kPortable, xl, yl, rows, n, m, p, loss, dx, dy);
   } else {
     forward_rows_f32<scalar_t>(xl, yl, rows, n, m, p, loss, dx, dy);
   }
