@@ -17,8 +17,8 @@ struct SimdKernels {
   int64_t max_row_u64, max_row_u32;
 
   // Sorts a[0, n) ascending (unsigned order) using tmp as scratch; both buffers must hold
-  // simd_sort_capacity(n) items. The padding a[n, capacity) is overwritten with the largest value (a
-  // NaN's key: callers treat rows with NaN apart). Returns the buffer holding the sorted items.
+  // simd_sort_capacity(n) items, whose tails past n the sort overwrites with padding. Returns the
+  // buffer holding the sorted items in its first n places.
   uint64_t* (*sort_u64)(uint64_t* a, uint64_t* tmp, int64_t n);
   uint32_t* (*sort_u32)(uint32_t* a, uint32_t* tmp, int64_t n);
   // Two rows of the same length at once (their merges overlap): out[k] is sorted row k, k = 0, 1.

@@ -13,7 +13,8 @@
 
 #include "../wasserstein_math.h"
 
-#if defined(__x86_64__) && defined(__GNUC__)
+// GCC only: Clang ignores `#pragma GCC target` (it then takes the portable radix path).
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define PDL_EXT_HAVE_AVX2_SORT 1
 #include <immintrin.h>
 #endif
@@ -25,6 +26,7 @@ namespace cpu {
 
 #pragma GCC push_options
 #pragma GCC target("avx2")
+#pragma GCC optimize("fp-contract=off")  // no fused multiply-adds: gradients must match the scalar code
 
 namespace {
 
@@ -87,7 +89,8 @@ struct U32x8 {
   }
   template <int Bit>
   static __m256i minmax_bit(__m256i v, __m256i p) {
-    return _mm256_blend_epi32(_mm256_min_epu32(v, p), _mm256_max_epu32(v, p), lanes_with_bit<8, Bit>());
+    constexpr int kMaxLanes = lanes_with_bit<8, Bit>();  // a name: at -O0 the intrinsic is a macro
+    return _mm256_blend_epi32(_mm256_min_epu32(v, p), _mm256_max_epu32(v, p), kMaxLanes);
   }
 };
 
@@ -218,7 +221,7 @@ const SimdKernels* avx2_kernels() {  // compiled for the baseline: callable anyw
 
 #else
 
-const SimdKernels* avx2_kernels() { return nullptr; }  // not an x86-64 GCC/Clang build
+const SimdKernels* avx2_kernels() { return nullptr; }  // not an x86-64 GCC build
 
 #endif
 

@@ -9,7 +9,8 @@
 #include <cstdint>
 #include <cstring>
 
-#if defined(__x86_64__) && defined(__GNUC__)
+// GCC only: Clang ignores `#pragma GCC target` (it then takes the portable radix path).
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define PDL_EXT_HAVE_AVX512_SORT 1
 #include <immintrin.h>
 #endif
@@ -21,6 +22,7 @@ namespace cpu {
 
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512dq,avx512vl")
+#pragma GCC optimize("fp-contract=off")  // no fused multiply-adds: gradients must match the scalar code
 // GCC 12's avx512fintrin.h trips -Wuninitialized on its own _mm512_undefined_* helpers.
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wuninitialized"
@@ -213,7 +215,9 @@ double match_unequal(const uint64_t* x, const uint32_t* y, int64_t n, int64_t m,
       const __m512d len = _mm512_sub_pd(end, start);
       const __mmask8 on = _mm512_mask_cmp_pd_mask(mx, len, zero_d, _CMP_GT_OQ);
       if (on == 0) break;
-      const __m256i yi = _mm512_cvttpd_epi32(b);
+      // Clamped: lanes past the row's end keep advancing b (masked off, but their index must not
+      // overflow int32 or upset the window test).
+      const __m256i yi = _mm512_cvttpd_epi32(_mm512_min_pd(b, _mm512_set1_pd(static_cast<double>(m - 1))));
       // The 8 atoms' y indices rise by ~m/n per lane: when they fit in a window of 16 keys, one
       // (masked) load and a permute replace the gather.
       const int32_t w0 = _mm256_cvtsi256_si32(yi);
@@ -315,7 +319,7 @@ const SimdKernels* avx512_kernels() {  // compiled for the baseline: callable an
 
 #else
 
-const SimdKernels* avx512_kernels() { return nullptr; }  // not an x86-64 GCC/Clang build
+const SimdKernels* avx512_kernels() { return nullptr; }  // not an x86-64 GCC build
 
 #endif
 

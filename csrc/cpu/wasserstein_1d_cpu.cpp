@@ -450,7 +450,7 @@ struct Sorted64 {
     for (int64_t i = 0; i < n; ++i) {
       const double v = row(i);
       nan |= (v != v);
-      vals[i] = v;
+      vals[i] = v + 0.0;  // -0 -> +0, as KeyTraits<double>::to_key: the values the other paths match
       narrow[i] = static_cast<float>(v);
     }
     if (nan || kern->keys_u64(narrow.data(), n, a.data())) return false;
