@@ -473,7 +473,7 @@ struct Sorted64 {
       while (e < n && ((s[e] ^ s[b]) >> 32) == 0) ++e;
       if (e - b <= kInsertionMax) {
         insertion_sort(s + b, e - b, less);
-      } else {
+      } else if (!std::is_sorted(s + b, s + e, less)) {  // long runs are mostly exact ties, in order
         std::sort(s + b, s + e, less);  // a strict total order: the stable order
       }
       i = e;  // s[e] starts another key
