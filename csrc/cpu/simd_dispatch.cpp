@@ -21,7 +21,7 @@ Level processor_level() {
       __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") && avx512_kernels() != nullptr) {
     return kAvx512;
   }
-  if (__builtin_cpu_supports("avx2") && avx2_kernels() != nullptr) return kAvx2;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c") && avx2_kernels() != nullptr) return kAvx2;
 #endif
   return kRadix;
 }

@@ -30,6 +30,9 @@ struct SimdKernels {
   bool (*keys_u64)(const float* src, int64_t n, uint64_t* out);
   bool (*keys_u32)(const float* src, int64_t n, uint32_t* out);
 
+  // Widens n float16 values (IEEE binary16 bits) to float32, exactly; nullptr when the set has none.
+  void (*widen_f16)(const uint16_t* src, int64_t n, float* out);
+
   // The matching of a loss's sorted rows (x as key << 32 | position items, y as keys), with
   // match_row's float arithmetic per pair: writes dx[position] = d(W_p^p)/dx. Equal lengths: returns
   // the sum of |x - y|^p in double (divide by n). Unequal (n m < 2^52; nullptr when the set has

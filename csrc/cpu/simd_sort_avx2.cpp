@@ -25,7 +25,7 @@ namespace cpu {
 #if PDL_EXT_HAVE_AVX2_SORT
 
 #pragma GCC push_options
-#pragma GCC target("avx2")
+#pragma GCC target("avx2,f16c")
 #pragma GCC optimize("fp-contract=off")  // no fused multiply-adds: gradients must match the scalar code
 
 namespace {
@@ -191,6 +191,14 @@ double match_equal(const uint64_t* x, const uint32_t* y, int64_t n, int p, float
   return sum;
 }
 
+void widen_f16(const uint16_t* src, int64_t n, float* out) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    _mm256_storeu_ps(out + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i))));
+  }
+  for (; i < n; ++i) out[i] = _cvtsh_ss(src[i]);
+}
+
 uint64_t* sort_u64(uint64_t* a, uint64_t* tmp, int64_t n) {
   uint64_t* out;
   sort_rows<U64x4, 2>(&a, &tmp, 1, n, &out);
@@ -214,8 +222,8 @@ void sort2_u32(uint32_t* const a[2], uint32_t* const tmp[2], int64_t n, uint32_t
 
 const SimdKernels* avx2_kernels() {  // compiled for the baseline: callable anywhere
   static const SimdKernels kernels{"avx2",    kMaxRowU64,       kMaxRowU32,       sort_u64,    sort_u32, sort2_u64,
-                                   sort2_u32, keys_u64,         keys_u32,         match_equal, nullptr,
-                                   nullptr};
+                                   sort2_u32, keys_u64,         keys_u32,         widen_f16,   match_equal,
+                                   nullptr,   nullptr};
   return &kernels;
 }
 

@@ -322,7 +322,15 @@ struct SimdSide {
     if constexpr (std::is_same_v<RowView, PlainRows<float>::Row>) {
       src = row.p;
     } else {
-      for (int64_t i = 0; i < n; ++i) stage[i] = row(i);
+      if constexpr (std::is_same_v<RowView, PlainRows<at::Half>::Row>) {
+        if (kern->widen_f16 != nullptr) {
+          kern->widen_f16(reinterpret_cast<const uint16_t*>(row.p), n, stage.data());
+        } else {
+          for (int64_t i = 0; i < n; ++i) stage[i] = row(i);
+        }
+      } else {
+        for (int64_t i = 0; i < n; ++i) stage[i] = row(i);
+      }
       src = stage.data();
     }
     return pos ? !kern->keys_u64(src, n, a64[k].data()) : !kern->keys_u32(src, n, a32[k].data());
@@ -546,8 +554,8 @@ double portable_match_equal(const uint64_t* x, const uint32_t* y, int64_t n, int
   return sum;
 }
 
-const SimdKernels kPortable{"radix",  0,       0,       nullptr, nullptr, nullptr, nullptr, portable_keys_u64,
-                            portable_keys_u32, portable_match_equal, nullptr, nullptr};
+const SimdKernels kPortable{"radix",           0,       0,       nullptr, nullptr, nullptr, nullptr, portable_keys_u64,
+                            portable_keys_u32, nullptr, portable_match_equal, nullptr, nullptr};
 
 template <typename scalar_t, typename XL, typename YL>
 void forward_rows(XL xl, YL yl, int64_t rows, int64_t n, int64_t m, int p, scalar_t* loss, scalar_t* dx,
