@@ -199,31 +199,16 @@ void widen_f16(const uint16_t* src, int64_t n, float* out) {
   for (; i < n; ++i) out[i] = _cvtsh_ss(src[i]);
 }
 
-uint64_t* sort_u64(uint64_t* a, uint64_t* tmp, int64_t n) {
-  uint64_t* out;
-  sort_rows<U64x4, 2>(&a, &tmp, 1, n, &out);
-  return out;
-}
-uint32_t* sort_u32(uint32_t* a, uint32_t* tmp, int64_t n) {
-  uint32_t* out;
-  sort_rows<U32x8, 2>(&a, &tmp, 1, n, &out);
-  return out;
-}
-void sort2_u64(uint64_t* const a[2], uint64_t* const tmp[2], int64_t n, uint64_t* out[2]) {
-  sort_rows<U64x4, 2>(a, tmp, 2, n, out);
-}
-void sort2_u32(uint32_t* const a[2], uint32_t* const tmp[2], int64_t n, uint32_t* out[2]) {
-  sort_rows<U32x8, 2>(a, tmp, 2, n, out);
-}
+using Sorts = SortEntries<U64x4, U32x8>;
 
 }  // namespace
 
 #pragma GCC pop_options
 
 const SimdKernels* avx2_kernels() {  // compiled for the baseline: callable anywhere
-  static const SimdKernels kernels{"avx2",    kMaxRowU64,       kMaxRowU32,       sort_u64,    sort_u32, sort2_u64,
-                                   sort2_u32, keys_u64,         keys_u32,         widen_f16,   match_equal,
-                                   nullptr,   nullptr};
+  static const SimdKernels kernels{"avx2",           kMaxRowU64,       kMaxRowU32,  Sorts::sort_u64, Sorts::sort_u32,
+                                   Sorts::sort2_u64, Sorts::sort2_u32, keys_u64,    keys_u32,        widen_f16,
+                                   match_equal,      nullptr,          nullptr};
   return &kernels;
 }
 

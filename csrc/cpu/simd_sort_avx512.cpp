@@ -297,22 +297,7 @@ void widen_f16(const uint16_t* src, int64_t n, float* out) {
   }
 }
 
-uint64_t* sort_u64(uint64_t* a, uint64_t* tmp, int64_t n) {
-  uint64_t* out;
-  sort_rows<U64x8, 2>(&a, &tmp, 1, n, &out);
-  return out;
-}
-uint32_t* sort_u32(uint32_t* a, uint32_t* tmp, int64_t n) {
-  uint32_t* out;
-  sort_rows<U32x16, 2>(&a, &tmp, 1, n, &out);
-  return out;
-}
-void sort2_u64(uint64_t* const a[2], uint64_t* const tmp[2], int64_t n, uint64_t* out[2]) {
-  sort_rows<U64x8, 2>(a, tmp, 2, n, out);
-}
-void sort2_u32(uint32_t* const a[2], uint32_t* const tmp[2], int64_t n, uint32_t* out[2]) {
-  sort_rows<U32x16, 2>(a, tmp, 2, n, out);
-}
+using Sorts = SortEntries<U64x8, U32x16>;
 
 }  // namespace
 
@@ -322,9 +307,9 @@ void sort2_u32(uint32_t* const a[2], uint32_t* const tmp[2], int64_t n, uint32_t
 const SimdKernels* avx512_kernels() {  // compiled for the baseline: callable anywhere
   // Merge sort up to 2048 (64-bit) / 8192 (32-bit): measured per item, two rows at a time, vs the
   // radix sort, 64-bit: 4.9 vs 5.2 ns at 2048, 5.6 vs 5.4 at 4096; 32-bit: 3.1 vs 3.8 at 8192.
-  static const SimdKernels kernels{"avx512",  2048,     8192,     sort_u64,  sort_u32,    sort2_u64,
-                                   sort2_u32, keys_u64, keys_u32, widen_f16, match_equal, match_unequal,
-                                   match_equal_f64};
+  static const SimdKernels kernels{"avx512",        2048,           8192,        Sorts::sort_u64, Sorts::sort_u32,
+                                   Sorts::sort2_u64, Sorts::sort2_u32, keys_u64,    keys_u32,        widen_f16,
+                                   match_equal,      match_unequal,    match_equal_f64};
   return &kernels;
 }
 

@@ -216,3 +216,23 @@ void sort_rows(typename V::T* const* a, typename V::T* const* tmp, int rows, int
   }
 }
 
+// The sort entries of a kernel table (simd_sort.h) for traits V64 (uint64 items) and V32 (uint32 keys).
+template <class V64, class V32>
+struct SortEntries {
+  static uint64_t* sort_u64(uint64_t* a, uint64_t* tmp, int64_t n) {
+    uint64_t* out;
+    sort_rows<V64, 2>(&a, &tmp, 1, n, &out);
+    return out;
+  }
+  static uint32_t* sort_u32(uint32_t* a, uint32_t* tmp, int64_t n) {
+    uint32_t* out;
+    sort_rows<V32, 2>(&a, &tmp, 1, n, &out);
+    return out;
+  }
+  static void sort2_u64(uint64_t* const a[2], uint64_t* const tmp[2], int64_t n, uint64_t* out[2]) {
+    sort_rows<V64, 2>(a, tmp, 2, n, out);
+  }
+  static void sort2_u32(uint32_t* const a[2], uint32_t* const tmp[2], int64_t n, uint32_t* out[2]) {
+    sort_rows<V32, 2>(a, tmp, 2, n, out);
+  }
+};
