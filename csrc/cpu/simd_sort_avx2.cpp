@@ -26,7 +26,6 @@ namespace cpu {
 
 #pragma GCC push_options
 #pragma GCC target("avx2,f16c")
-#pragma GCC optimize("fp-contract=off")  // no fused multiply-adds: gradients must match the scalar code
 
 namespace {
 

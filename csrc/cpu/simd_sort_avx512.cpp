@@ -22,7 +22,6 @@ namespace cpu {
 
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512dq,avx512vl")
-#pragma GCC optimize("fp-contract=off")  // no fused multiply-adds: gradients must match the scalar code
 // GCC 12's avx512fintrin.h trips -Wuninitialized on its own _mm512_undefined_* helpers.
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wuninitialized"
