@@ -299,8 +299,8 @@ struct SimdSide {
   std::vector<uint32_t> a32[2], t32[2];
   std::vector<uint32_t> hist;          // radix counters (long rows)
   std::vector<float> grad;             // float gradients of a half-precision row
-  const uint64_t* s64[2] = {nullptr, nullptr};  // the sorted rows (pos) ...
-  const uint32_t* s32[2] = {nullptr, nullptr};  // ... or their sorted keys (!pos)
+  uint64_t* s64[2] = {nullptr, nullptr};  // the sorted rows (pos) ...
+  uint32_t* s32[2] = {nullptr, nullptr};  // ... or their sorted keys (!pos)
 
   SimdSide(const SimdKernels* k, bool with_pos, int64_t len, bool narrow)
       : kern(k), pos(with_pos), n(len), stage(len), hist(3 << 11), grad(narrow && with_pos ? len : 0) {
@@ -352,25 +352,22 @@ struct SimdSide {
   void sort(int count, const bool* ok) {
     if (count == 2 && ok[0] && ok[1] && n <= (pos ? kern->max_row_u64 : kern->max_row_u32)) {
       if (pos) {
-        uint64_t* const a[2] = {a64[0].data(), a64[1].data()};
-        uint64_t* const t[2] = {t64[0].data(), t64[1].data()};
-        uint64_t* out[2];
-        kern->sort2_u64(a, t, n, out);
-        s64[0] = out[0];
-        s64[1] = out[1];
+        sort_pair(kern->sort2_u64, a64, t64, s64);
       } else {
-        uint32_t* const a[2] = {a32[0].data(), a32[1].data()};
-        uint32_t* const t[2] = {t32[0].data(), t32[1].data()};
-        uint32_t* out[2];
-        kern->sort2_u32(a, t, n, out);
-        s32[0] = out[0];
-        s32[1] = out[1];
+        sort_pair(kern->sort2_u32, a32, t32, s32);
       }
       return;
     }
     for (int k = 0; k < count; ++k) {
       if (ok[k]) sort_one(k);
     }
+  }
+
+  template <typename T, typename Sort2>
+  void sort_pair(Sort2 sort2, std::vector<T>* a, std::vector<T>* t, T** out) {
+    T* const as[2] = {a[0].data(), a[1].data()};
+    T* const ts[2] = {t[0].data(), t[1].data()};
+    sort2(as, ts, n, out);
   }
 
   float value(int k, int64_t i) const {
@@ -440,30 +437,25 @@ void forward_rows_f32_rowwise(const SimdKernels* kern, XL xl, YL yl, int64_t row
 // rare, except exact ties, already in position order) is re-sorted stably by the float64 value.
 // Rounding to float32 is monotone, so the result is the exact (value, position) order.
 struct Sorted64 {
-  const SimdKernels* kern;
   int64_t n;
-  std::vector<double> vals;  // the row
+  std::vector<double> vals;   // the row
   std::vector<float> narrow;  // the row rounded to float32
-  std::vector<uint64_t> a, t;
-  std::vector<uint32_t> hist;
-  uint64_t* s = nullptr;  // the sorted items
+  SimdSide side;              // sorts narrow's keys with positions, as the float32 path
+  uint64_t* s = nullptr;      // the sorted items
 
-  Sorted64(const SimdKernels* k, int64_t len)
-      : kern(k), n(len), vals(len), narrow(len), a(simd_sort_capacity(len)), t(a.size()), hist(3 << 11) {}
+  Sorted64(const SimdKernels* k, int64_t len) : n(len), vals(len), narrow(len), side(k, true, len, false) {}
 
-  // Loads and sorts a row; false when it holds a NaN.
+  // Loads and sorts a row; false when it holds a NaN (a float64 NaN rounds to a float32 NaN).
   template <typename RowView>
   bool sort(RowView row) {
-    bool nan = false;
     for (int64_t i = 0; i < n; ++i) {
       const double v = row(i);
-      nan |= (v != v);
       vals[i] = v + 0.0;  // -0 -> +0, as KeyTraits<double>::to_key: the values the other paths match
       narrow[i] = static_cast<float>(v);
     }
-    if (nan || kern->keys_u64(narrow.data(), n, a.data())) return false;
-    s = n <= kern->max_row_u64 ? kern->sort_u64(a.data(), t.data(), n)
-                           : radix_sort<32, 11>(a.data(), t.data(), n, [](uint64_t v) { return v >> 32; }, hist.data());
+    if (!side.load(0, PlainRows<float>::Row{narrow.data()})) return false;
+    side.sort_one(0);
+    s = side.s64[0];
     refine();
     return true;
   }
