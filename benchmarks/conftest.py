@@ -10,7 +10,7 @@ from typing import List, Tuple
 
 import pytest
 
-from pdl_ext.bench import FULL_SHAPES, QUICK_SHAPES, parse_shapes
+from pdl_ext.apps.bench import FULL_SHAPES, QUICK_SHAPES, parse_shapes
 
 SMALL_SHAPES: Tuple[Tuple[int, int], ...] = ((32, 1024), (256, 64))
 

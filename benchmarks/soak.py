@@ -28,7 +28,7 @@ if _ROOT not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, _ROOT)
 
 from pdl_ext import ops  # noqa: E402
-from pdl_ext.pdl import PDLLoss  # noqa: E402
+from pdl_ext.losses.pdl import PDLLoss  # noqa: E402
 from pdl_ext.projection import projected_distance  # noqa: E402
 
 MB = 1024 * 1024

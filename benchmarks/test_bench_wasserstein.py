@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from pdl_ext import extension_info
-from pdl_ext.bench import IMPLEMENTATIONS, make_inputs, pure_torch_wasserstein_1d, step
+from pdl_ext.apps.bench import IMPLEMENTATIONS, make_inputs, pure_torch_wasserstein_1d, step
 
 _expected: Dict[Tuple[int, int], torch.Tensor] = {}
 

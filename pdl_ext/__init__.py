@@ -7,11 +7,11 @@ __version__ = "0.1.0"
 from .extension import extension_info
 from .ops import normalized_wasserstein_1d, wasserstein_1d
 from .projection import projected_distance
-from .pdl import PDLLoss
-from .vgg import VGGFeatures
-from .nima import NIMA, EMDLoss, NIMALoss, emd_loss, mean_score, std_score
-from .weights import load_state_dict, save_state_dict
-from .mdf import MDFLoss, mdf_loss
+from .losses.pdl import PDLLoss
+from .losses.vgg import VGGFeatures
+from .losses.nima import NIMA, EMDLoss, NIMALoss, emd_loss, mean_score, std_score
+from .io.weights import load_state_dict, save_state_dict
+from .losses.mdf import MDFLoss, mdf_loss
 from . import functional
 
 __all__ = [

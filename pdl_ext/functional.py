@@ -7,8 +7,8 @@ from typing import Optional, Sequence, Tuple, Union
 
 import torch
 
-from .pdl import DEFAULT_LAYERS, Backbone, PDLLoss
-from .pixel import pixel_loss_per_sample
+from .losses.pdl import DEFAULT_LAYERS, Backbone, PDLLoss
+from .losses.pixel import pixel_loss_per_sample
 from .projection import Projection, projected_distance
 
 __all__ = ["pdl_loss", "projected_distance", "pixel_loss_per_sample"]

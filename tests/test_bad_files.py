@@ -1,6 +1,6 @@
 """Bad weight files: truncated, of another format, wrongly shaped, of a wrong dtype, or malicious (a
 pickle that tries to run code, import a module, or rebuild a tensor outside its storage). Every loader
-(pdl_ext.weights.load_state_dict, VGGFeatures(weights=...), MDFLoss.from_file, convert-mdf, NIMA
+(pdl_ext.io.weights.load_state_dict, VGGFeatures(weights=...), MDFLoss.from_file, convert-mdf, NIMA
 weights) must give a clear error naming the file and run nothing: the marker files must not appear.
 """
 from __future__ import annotations
@@ -22,12 +22,12 @@ import pytest
 import torch
 from torch import nn
 
-from pdl_ext import cli
-from pdl_ext.mdf import MDFDiscriminator, MDFLoss, discriminators_state_dict
-from pdl_ext.mdf_convert import UnsafePickleError, convert_mdf
-from pdl_ext.nima import NIMA
-from pdl_ext.vgg import VGGFeatures
-from pdl_ext.weights import load_state_dict, save_state_dict
+from pdl_ext.apps import cli
+from pdl_ext.losses.mdf import MDFDiscriminator, MDFLoss, discriminators_state_dict
+from pdl_ext.io.mdf_pickle import UnsafePickleError, convert_mdf
+from pdl_ext.losses.nima import NIMA
+from pdl_ext.losses.vgg import VGGFeatures
+from pdl_ext.io.weights import load_state_dict, save_state_dict
 
 # What a refused file may raise: our ValueError (clear message), FileNotFoundError, or the converter's
 # UnsafePickleError (an UnpicklingError). Never a raw RuntimeError, never success.
@@ -261,8 +261,8 @@ def test_convert_mdf_accepts_records_filling_their_storage_exactly(tmp_path):
 _BOMB = textwrap.dedent("""
     import resource, sys
     resource.setrlimit(resource.RLIMIT_AS, (8 << 30, 8 << 30))  # whatever happens, no more than 8 GiB
-    from pdl_ext.mdf import MDFLoss
-    from pdl_ext.mdf_convert import convert_mdf
+    from pdl_ext.losses.mdf import MDFLoss
+    from pdl_ext.io.mdf_pickle import convert_mdf
     try:
         if sys.argv[2] == "from_file":
             MDFLoss.from_file(sys.argv[1])

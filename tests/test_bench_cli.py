@@ -18,7 +18,7 @@ import pytest
 import torch
 
 import pdl_ext
-from pdl_ext import bench, cli
+from pdl_ext.apps import bench, cli
 
 SHAPES = [(128, 1024), (512, 64)]
 
@@ -95,9 +95,9 @@ def test_peak_memory_counts_at_least_the_gradient(quick_run):
 
 def test_pdl_section_runs_or_is_skipped_with_a_reason(quick_run):
     pdl = quick_run["data"]["pdl"]
-    assert "error" not in pdl, f"bench and pdl_ext.pdl disagree on the PDLLoss API: {pdl['error']}"
+    assert "error" not in pdl, f"bench and pdl_ext.losses.pdl disagree on the PDLLoss API: {pdl['error']}"
     if "skipped" in pdl:
-        assert "pdl_ext.pdl" in pdl["skipped"] and "skipped" in quick_run["stdout"]
+        assert "pdl_ext.losses.pdl" in pdl["skipped"] and "skipped" in quick_run["stdout"]
     else:
         assert pdl["whole_s"] == pytest.approx(statistics.median(pdl["whole_times_s"]))
         assert pdl["backbone_s"] == pytest.approx(statistics.median(pdl["backbone_times_s"]))
@@ -114,7 +114,7 @@ def test_plot_is_a_png_with_content(quick_run):
 
 
 def test_pdl_section_splits_backbone_and_distance(monkeypatch):
-    # A stand-in pdl_ext.pdl with the expected API: the split must subtract the backbone's own time.
+    # A stand-in pdl_ext.losses.pdl with the expected API: the split must subtract the backbone's own time.
     class Backbone(torch.nn.Module):
         def __init__(self):
             super().__init__()
@@ -135,7 +135,7 @@ def test_pdl_section_splits_backbone_and_distance(monkeypatch):
                 fy = self.backbone(y)
             return sum(pdl_ext.wasserstein_1d(a.flatten(2), b.flatten(2)).mean() for a, b in zip(fx, fy))
 
-    monkeypatch.setitem(sys.modules, "pdl_ext.pdl", types.SimpleNamespace(PDLLoss=PDLLoss))
+    monkeypatch.setitem(sys.modules, "pdl_ext.losses.pdl", types.SimpleNamespace(PDLLoss=PDLLoss))
     res = bench.run_pdl(batch=2, size=16, warmup=1, repeats=2)
     assert "error" not in res and "skipped" not in res, res
     assert res["whole_s"] > 0 and res["backbone_s"] > 0
@@ -147,7 +147,7 @@ def test_pdl_section_reports_api_mismatch(monkeypatch):
     def wrong_api(**kwargs):
         raise TypeError("unexpected keyword 'pretrained'")
 
-    monkeypatch.setitem(sys.modules, "pdl_ext.pdl", types.SimpleNamespace(PDLLoss=wrong_api))
+    monkeypatch.setitem(sys.modules, "pdl_ext.losses.pdl", types.SimpleNamespace(PDLLoss=wrong_api))
     assert "pretrained" in bench.run_pdl(batch=1, size=16, warmup=0, repeats=1)["error"]
 
 

@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 from scipy import ndimage
 
-from pdl_ext.degradations import (
+from pdl_ext.train.degradations import (
     add_gaussian_noise,
     bayer_mosaic,
     degrade,

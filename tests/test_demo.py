@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from pdl_ext import cli, demo
-from pdl_ext.loss_spec import TERMS, LossTerm, WeightedSumLoss, parse_loss_spec, parse_loss_specs
-from pdl_ext.mdf import MDFDiscriminator, save_discriminators
+from pdl_ext.apps import cli, demo
+from pdl_ext.apps.loss_spec import TERMS, LossTerm, WeightedSumLoss, parse_loss_spec, parse_loss_specs
+from pdl_ext.losses.mdf import MDFDiscriminator, save_discriminators
 
 # ---------------------------------------------------------------------------------------------------
 # Loss specs
@@ -228,7 +228,7 @@ def test_ctrl_c_keeps_finished_losses(tmp_path, monkeypatch, tiny_mdf):
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(demo, "train_restorer", interrupt_second)
+    monkeypatch.setattr(demo.runner, "train_restorer", interrupt_second)
     code, stdout, _ = _cli(["demo", "--losses", "l2,l1", "--steps", "2", "--crop", "16", "--batch", "2", "--width", "4",
                             "--blocks", "1", "--train-images", "brick", "--test-images", "gravel", "--eval-size", "32",
                             "--out", str(tmp_path), "--quiet"])

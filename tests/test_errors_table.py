@@ -1,4 +1,4 @@
-"""Runs every row of tests/errors_table.md (the README's table of input errors): each call must raise
+"""Runs every row of docs/errors.md (the table of input errors): each call must raise
 the listed exception with exactly the listed message. The imports come from the table's own code
 block, so the documentation and the tests cannot drift apart.
 """
@@ -14,9 +14,9 @@ import pytest
 import torch
 
 import pdl_ext
-from pdl_ext.mdf import MDFLoss
+from pdl_ext.losses.mdf import MDFLoss
 
-TABLE = Path(__file__).with_name("errors_table.md")
+TABLE = Path(__file__).resolve().parents[1] / "docs" / "errors.md"
 
 
 class Row(NamedTuple):

@@ -6,7 +6,7 @@ from PIL import Image
 
 skimage_data = pytest.importorskip("skimage.data")
 
-from pdl_ext.images import BUNDLED_IMAGES, load_image  # noqa: E402
+from pdl_ext.train.images import BUNDLED_IMAGES, load_image  # noqa: E402
 
 
 def test_rgb_photograph_matches_skimage():

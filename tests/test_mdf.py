@@ -13,12 +13,13 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, safe_open
 
-from pdl_ext import cli, reference
-from pdl_ext.degradations import degrade
-from pdl_ext.images import load_image
-from pdl_ext.mdf import MDFDiscriminator, MDFLoss, discriminators_from_state_dict, mdf_loss, save_discriminators
-from pdl_ext.mdf_convert import UnsafePickleError, convert_mdf
-from pdl_ext.mdf_train import pyramid_sizes, train_mdf
+from pdl_ext import reference
+from pdl_ext.apps import cli
+from pdl_ext.train.degradations import degrade
+from pdl_ext.train.images import load_image
+from pdl_ext.losses.mdf import MDFDiscriminator, MDFLoss, discriminators_from_state_dict, mdf_loss, save_discriminators
+from pdl_ext.io.mdf_pickle import UnsafePickleError, convert_mdf
+from pdl_ext.train.mdf import pyramid_sizes, train_mdf
 
 WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "weights" / "mdf"
 needs_weights = pytest.mark.skipif(not WEIGHTS.is_dir(), reason="shared MDF weights not present")

@@ -14,10 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pdl_ext.nima import NIMA, EMDLoss, NIMALoss, emd_loss, mean_score, std_score
-from pdl_ext.nima_train import (RatingDataset, gaussian_histogram, lcc, rating_metrics, read_ava,
+from pdl_ext.losses.nima import NIMA, EMDLoss, NIMALoss, emd_loss, mean_score, std_score
+from pdl_ext.train.nima import (RatingDataset, gaussian_histogram, lcc, rating_metrics, read_ava,
                                 read_csv_ratings, read_ratings, srcc, train_nima)
-from pdl_ext.weights import load_state_dict, save_state_dict
+from pdl_ext.io.weights import load_state_dict, save_state_dict
 
 
 @pytest.fixture()
@@ -476,7 +476,7 @@ def _write_tiny_set(root: Path, n: int, size: int = 20) -> Path:
 
 
 def test_cli_train_nima_vgg16(tmp_path, one_thread, capsys):
-    from pdl_ext.cli import main
+    from pdl_ext.apps.cli import main
 
     csv_path = _write_tiny_set(tmp_path / "data", 6, size=36)
     out = tmp_path / "nima_vgg.safetensors"

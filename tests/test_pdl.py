@@ -9,7 +9,7 @@ from torch import nn
 
 from pdl_ext import reference
 from pdl_ext.functional import pdl_loss
-from pdl_ext.pdl import PDLLoss
+from pdl_ext.losses.pdl import PDLLoss
 
 VGG16_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)

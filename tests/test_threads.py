@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from pdl_ext import extension, ops
-from pdl_ext.pdl import PDLLoss
+from pdl_ext.losses.pdl import PDLLoss
 from pdl_ext.projection import projected_distance
 
 pytestmark = pytest.mark.skipif(not extension.COMPILED, reason="C++ extension not built")

@@ -7,10 +7,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pdl_ext.vgg import VGGFeatures
-from pdl_ext.weights import save_state_dict
+from pdl_ext.losses.vgg import VGGFeatures
+from pdl_ext.io.weights import save_state_dict
 
-# Written independently of pdl_ext.vgg: torchvision's conv indices in `features` and channels.
+# Written independently of pdl_ext.losses.vgg: torchvision's conv indices in `features` and channels.
 CONVS = {
     "vgg16": [(0, 3, 64), (2, 64, 64), (5, 64, 128), (7, 128, 128), (10, 128, 256), (12, 256, 256), (14, 256, 256),
               (17, 256, 512), (19, 512, 512), (21, 512, 512), (24, 512, 512), (26, 512, 512), (28, 512, 512)],

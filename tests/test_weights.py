@@ -7,7 +7,7 @@ import struct
 import pytest
 import torch
 
-from pdl_ext.weights import find_in_hub_cache, load_state_dict, save_state_dict
+from pdl_ext.io.weights import find_in_hub_cache, load_state_dict, save_state_dict
 
 
 class NotATensor:  # a pickled object that weights_only=True must refuse to build

@@ -2,7 +2,7 @@
 
 Paper: A. Mustafa, A. Mikhailiuk, D. A. Iliescu, V. Babbar, R. K. Mantiuk, "Training a Task-Specific
 Image Reconstruction Loss", WACV 2022 (code: github.com/gfxdisp/mdf). A series of SinGAN critics,
-trained adversarially on one image and its task distortions (see ``pdl_ext.mdf_train``), compares a
+trained adversarially on one image and its task distortions (see ``pdl_ext.train.mdf``), compares a
 restored image with its reference through their head, body and tail activations.
 """
 from __future__ import annotations
@@ -16,9 +16,9 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 
-from ._checks import check_float, check_p, check_reduction, check_same_dtype_device, check_tensor, reduce
-from .projection import projected_distance
-from .weights import check_float_tensors
+from .._checks import check_float, check_p, check_reduction, check_same_dtype_device, check_tensor, reduce
+from ..projection import projected_distance
+from ..io.weights import check_float_tensors
 
 # Five unpadded 3x3 convolutions: an output pixel sees 11x11 input pixels.
 RECEPTIVE_FIELD = 11
@@ -47,7 +47,7 @@ class MDFDiscriminator(nn.Module):
 
     Example:
         >>> import torch
-        >>> from pdl_ext.mdf import MDFDiscriminator
+        >>> from pdl_ext.losses.mdf import MDFDiscriminator
         >>> [f.shape[1:] for f in MDFDiscriminator(32).features(torch.rand(1, 3, 16, 16))]
         [torch.Size([32, 14, 14]), torch.Size([32, 8, 8]), torch.Size([1, 6, 6])]
     """
@@ -201,7 +201,7 @@ def mdf_loss(
 
     Example:
         >>> import torch
-        >>> from pdl_ext.mdf import MDFDiscriminator, mdf_loss
+        >>> from pdl_ext.losses.mdf import MDFDiscriminator, mdf_loss
         >>> ds = [MDFDiscriminator(32).eval() for _ in range(2)]
         >>> mdf_loss(torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32), ds).shape   # both discriminators
         torch.Size([])
@@ -271,7 +271,7 @@ class MDFLoss(nn.Module):
 
     Example:
         >>> import torch
-        >>> from pdl_ext.mdf import MDFLoss
+        >>> from pdl_ext.losses.mdf import MDFLoss
         >>> loss_fn = MDFLoss(num_scales=2)          # untrained; usually MDFLoss.from_file(path)
         >>> x = torch.rand(1, 3, 32, 32, requires_grad=True)
         >>> loss_fn(x, torch.rand(1, 3, 32, 32)).backward()

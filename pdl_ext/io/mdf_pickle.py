@@ -25,7 +25,7 @@ from typing import Any, Callable, Dict, List, NamedTuple, Tuple, Union
 
 import torch
 
-from .mdf import discriminators_from_state_dict, discriminators_state_dict, save_discriminators
+from ..losses.mdf import discriminators_from_state_dict, discriminators_state_dict, save_discriminators
 
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 _LEGACY_PROTOCOL = 1001
@@ -376,7 +376,7 @@ def convert_mdf(src: Union[str, os.PathLike], dst: Union[str, os.PathLike]) -> D
             the file's storages hold.
 
     Example:
-        >>> from pdl_ext.mdf_convert import convert_mdf
+        >>> from pdl_ext.io.mdf_pickle import convert_mdf
         >>> convert_mdf("Ds_SISR.pth", "Ds_SISR.safetensors")   # doctest: +SKIP
     """
     root = load_pickled_modules(src)

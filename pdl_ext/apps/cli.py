@@ -13,12 +13,12 @@ from typing import List, Optional
 
 # name -> (module, one-line help)
 COMMANDS = {
-    "info": ("pdl_ext.cli", "print what this installation holds (compiled kernels, CUDA, versions)"),
-    "bench": ("pdl_ext.bench", "benchmark the fused op and the losses against pure PyTorch"),
-    "demo": ("pdl_ext.demo", "train a restoration network with pixel and distribution losses and compare"),
-    "convert-mdf": ("pdl_ext.mdf_convert", "convert published MDF .pth discriminators to safetensors, safely"),
-    "train-mdf": ("pdl_ext.mdf_train", "train an MDF loss (a discriminator series) on one image"),
-    "train-nima": ("pdl_ext.nima_train", "train a NIMA quality model on rating histograms"),
+    "info": ("pdl_ext.apps.cli", "print what this installation holds (compiled kernels, CUDA, versions)"),
+    "bench": ("pdl_ext.apps.bench", "benchmark the fused op and the losses against pure PyTorch"),
+    "demo": ("pdl_ext.apps.demo", "train a restoration network with pixel and distribution losses and compare"),
+    "convert-mdf": ("pdl_ext.io.mdf_pickle", "convert published MDF .pth discriminators to safetensors, safely"),
+    "train-mdf": ("pdl_ext.train.mdf", "train an MDF loss (a discriminator series) on one image"),
+    "train-nima": ("pdl_ext.train.nima", "train a NIMA quality model on rating histograms"),
 }
 
 
@@ -27,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:  # for `info`
 
 
 def run(args: argparse.Namespace) -> int:  # `info`
-    from .extension import extension_info
+    from ..extension import extension_info
 
     print(json.dumps(extension_info(), indent=2))
     return 0

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ._checks import check_float, check_tensor
+from .._checks import check_float, check_tensor
 
 TASKS = ("denoise", "sr", "jpeg", "deblur", "demosaic")
 
@@ -61,7 +61,7 @@ def add_gaussian_noise(
 
     Example:
         >>> import torch
-        >>> from pdl_ext.degradations import add_gaussian_noise
+        >>> from pdl_ext.train.degradations import add_gaussian_noise
         >>> add_gaussian_noise(torch.full((3, 8, 8), 0.5), sigma=25).shape
         torch.Size([3, 8, 8])
     """
@@ -91,7 +91,7 @@ def downsample(img: torch.Tensor, scale: float = 4) -> torch.Tensor:
 
     Example:
         >>> import torch
-        >>> from pdl_ext.degradations import downsample, upsample
+        >>> from pdl_ext.train.degradations import downsample, upsample
         >>> lr = downsample(torch.rand(3, 64, 48), 4); lr.shape
         torch.Size([3, 16, 12])
         >>> upsample(lr, size=(64, 48)).shape
@@ -145,7 +145,7 @@ def jpeg_compress(img: torch.Tensor, quality: int = 10) -> torch.Tensor:
 
     Example:
         >>> import torch
-        >>> from pdl_ext.degradations import jpeg_compress
+        >>> from pdl_ext.train.degradations import jpeg_compress
         >>> jpeg_compress(torch.rand(3, 16, 16), quality=10).shape
         torch.Size([3, 16, 16])
     """
@@ -272,7 +272,7 @@ def degrade(img: torch.Tensor, task: str, **params: Any) -> torch.Tensor:
 
     Example:
         >>> import torch
-        >>> from pdl_ext.degradations import degrade
+        >>> from pdl_ext.train.degradations import degrade
         >>> degrade(torch.rand(2, 3, 32, 32), "sr", scale=4).shape
         torch.Size([2, 3, 8, 8])
     """

@@ -14,8 +14,8 @@ from typing import Dict, Iterator, List, Sequence, Tuple, Union
 import torch
 from torch import nn
 
-from ._checks import check_float, check_tensor
-from .weights import check_float_tensors, find_in_hub_cache, hub_checkpoint_dir, load_state_dict
+from .._checks import check_float, check_tensor
+from ..io.weights import check_float_tensors, find_in_hub_cache, hub_checkpoint_dir, load_state_dict
 
 # Output channels of each conv; "M" is a 2x2 max pool (torchvision's configurations "D" and "E").
 _CONFIGS: Dict[str, Tuple[Union[int, str], ...]] = {

@@ -12,10 +12,10 @@ from typing import Optional, Union
 import torch
 from torch import nn
 
-from ._checks import check_float, check_reduction, check_same_dtype_device, check_tensor, reduce
+from .._checks import check_float, check_reduction, check_same_dtype_device, check_tensor, reduce
 from .pixel import PIXEL_LOSSES, pixel_loss_per_sample
 from .vgg import VGGFeatures
-from .weights import check_float_tensors, load_state_dict
+from ..io.weights import check_float_tensors, load_state_dict
 
 
 def _check_histograms(x: object, name: str, fn: str) -> torch.Tensor:
@@ -153,7 +153,7 @@ class NIMA(nn.Module):
             loaded with ``weights_only=True``). When given, the backbone's ImageNet weights are not
             needed and not loaded.
         pretrained_backbone: for a VGG backbone without ``weights``, start from torchvision's ImageNet
-            weights (found as :class:`~pdl_ext.vgg.VGGFeatures` finds them); ``False``: random init.
+            weights (found as :class:`~pdl_ext.losses.vgg.VGGFeatures` finds them); ``False``: random init.
         backbone_weights: file of the VGG ImageNet weights (torchvision layout), instead of the hub cache.
         download: allow downloading the VGG ImageNet weights.
         num_features: F, the backbone's output channels; inferred by a dummy forward when omitted.

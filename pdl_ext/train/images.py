@@ -59,7 +59,7 @@ def load_image(name_or_path: Union[str, os.PathLike]) -> torch.Tensor:
         ``(3, H, W)`` float32 tensor in [0, 1].
 
     Example:
-        >>> from pdl_ext.images import load_image
+        >>> from pdl_ext.train.images import load_image
         >>> load_image("brick").shape       # a grayscale photograph, repeated to RGB
         torch.Size([3, 512, 512])
     """

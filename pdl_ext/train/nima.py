@@ -32,8 +32,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
-from .nima import NIMA, emd_loss, mean_score
-from .weights import save_state_dict
+from ..losses.nima import NIMA, emd_loss, mean_score
+from ..io.weights import save_state_dict
 
 PathLike = Union[str, "os.PathLike[str]"]
 RatingItem = Tuple[Path, torch.Tensor]  # (image file, (num_bins,) histogram or vote counts)
@@ -398,7 +398,7 @@ def train_nima(
         model: a NIMA (or a module mapping images to probabilities; its ``backbone`` attribute, if any,
             gets the lower learning rate) to train; else one is built
             from ``backbone``, ``num_bins``, ``dropout``, ``weights``, ``backbone_weights``,
-            ``pretrained_backbone``, ``download`` (see :class:`~pdl_ext.nima.NIMA`).
+            ``pretrained_backbone``, ``download`` (see :class:`~pdl_ext.losses.nima.NIMA`).
         fmt: ``"auto"``, ``"ava"`` or ``"csv"``.
         val_ratings: held-out ratings (file or list); else ``val_fraction`` of ``ratings`` (seeded split).
         epochs: passes over the training set.

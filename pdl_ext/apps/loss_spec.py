@@ -75,7 +75,7 @@ def parse_loss_spec(spec: str) -> LossSpec:
             number > 0, an empty term, a repeated term.
 
     Example:
-        >>> from pdl_ext.loss_spec import parse_loss_spec
+        >>> from pdl_ext.apps.loss_spec import parse_loss_spec
         >>> parse_loss_spec("l1 + 0.1*PDL").terms
         (LossTerm(name='l1', weight=1.0), LossTerm(name='pdl', weight=0.1))
     """
@@ -109,7 +109,7 @@ def parse_loss_specs(text: str) -> List[LossSpec]:
     """Parses a comma-separated list of specs, e.g. ``"l1,l1+0.1*pdl,mdf"``; repeated specs are an error.
 
     Example:
-        >>> from pdl_ext.loss_spec import parse_loss_specs
+        >>> from pdl_ext.apps.loss_spec import parse_loss_specs
         >>> [str(s) for s in parse_loss_specs("l1, l1+0.1*pdl")]
         ['l1', 'l1+0.1*pdl']
     """
@@ -142,7 +142,7 @@ class WeightedSumLoss(nn.Module):
 
     Example:
         >>> import torch
-        >>> from pdl_ext.loss_spec import WeightedSumLoss
+        >>> from pdl_ext.apps.loss_spec import WeightedSumLoss
         >>> loss = WeightedSumLoss("l1+0.5*l2", {"l1": lambda a, b: (a - b).abs().mean(),
         ...                                       "l2": lambda a, b: (a - b).pow(2).mean()})
         >>> loss(torch.zeros(1, 3, 2, 2), torch.ones(1, 3, 2, 2))

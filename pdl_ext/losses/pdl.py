@@ -9,9 +9,9 @@ from typing import Callable, Dict, Iterator, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
-from ._checks import check_float, check_p, check_reduction, check_same_dtype_device, check_tensor, reduce
+from .._checks import check_float, check_p, check_reduction, check_same_dtype_device, check_tensor, reduce
 from .pixel import PIXEL_LOSSES, pixel_loss_per_sample
-from .projection import Projection, projected_distance, random_directions
+from ..projection import Projection, projected_distance, random_directions
 from .vgg import VGGFeatures
 
 DEFAULT_LAYERS = ("relu1_2", "relu2_2", "relu3_3", "relu4_3", "relu5_3")

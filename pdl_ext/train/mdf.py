@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from .degradations import add_gaussian_noise, jpeg_compress
 from .images import load_image
-from .mdf import RECEPTIVE_FIELD, ConvBlock, MDFDiscriminator, default_widths, discriminators_state_dict
+from ..losses.mdf import RECEPTIVE_FIELD, ConvBlock, MDFDiscriminator, default_widths, discriminators_state_dict
 
 TRAIN_TASKS = ("sr", "denoise", "jpeg")
 _PAD = (RECEPTIVE_FIELD - 1) // 2  # the generator's five unpadded convs lose 5 pixels per side
@@ -75,7 +75,7 @@ def pyramid_sizes(
     shorter side is ``min_size``.
 
     Example:
-        >>> from pdl_ext.mdf_train import pyramid_sizes
+        >>> from pdl_ext.train.mdf import pyramid_sizes
         >>> sizes = pyramid_sizes(300, 451)          # chelsea
         >>> len(sizes), sizes[0], sizes[-1]
         (8, (25, 38), (166, 250))
@@ -192,8 +192,8 @@ def train_mdf(
         The ``"{k}.head.conv.weight"``, ... state dict of the critics, coarse (k=0) to fine.
 
     Example:
-        >>> from pdl_ext.mdf_train import train_mdf
-        >>> from pdl_ext.mdf import MDFLoss
+        >>> from pdl_ext.train.mdf import train_mdf
+        >>> from pdl_ext.losses.mdf import MDFLoss
         >>> train_mdf("brick", "denoise", iters=20, out="brick_dn.safetensors")   # doctest: +SKIP
         >>> MDFLoss.from_file("brick_dn.safetensors")                            # doctest: +SKIP
     """
