@@ -14,10 +14,15 @@ from .projection import Projection, projected_distance
 __all__ = ["pdl_loss", "projected_distance", "pixel_loss_per_sample"]
 
 
-@lru_cache(maxsize=4)
-def _vgg_loss(arch: str, layers: Tuple[str, ...], weights: Optional[str], pretrained: bool, download: bool) -> PDLLoss:
-    # One frozen backbone per configuration, so repeated calls do not reload weights.
-    return PDLLoss(arch, layers, weights=weights, pretrained=pretrained, download=download)
+@lru_cache(maxsize=8)
+def _cached_loss(backbone: Backbone, layers: Tuple[str, ...], layer_weights: Optional[Tuple[float, ...]], p: int,
+                 projection: Projection, normalize: bool, weights: Optional[str], pixel_loss: Optional[str],
+                 pixel_weight: float, input_range: Tuple[float, float], reduction: str, pretrained: bool,
+                 download: bool, seed: int) -> PDLLoss:
+    # One loss (and one frozen backbone) per configuration: repeated calls neither rebuild the module
+    # nor reload weights. Module backbones are keyed by identity.
+    return PDLLoss(backbone, layers, layer_weights, p, projection, normalize, weights, pixel_loss, pixel_weight,
+                   input_range, reduction, pretrained=pretrained, download=download, seed=seed)
 
 
 def pdl_loss(
@@ -41,7 +46,9 @@ def pdl_loss(
 ) -> torch.Tensor:
     """Projected Distribution Loss of ``x`` against ``y``; see :class:`pdl_ext.PDLLoss` for the arguments.
 
-    A VGG backbone named by string is built once per configuration and cached.
+    The loss (and its backbone) is built once per configuration and cached (8 configurations;
+    a module backbone is keyed by identity), so calling it in a training loop costs what
+    ``PDLLoss`` costs.
 
     Example:
         >>> import torch
@@ -50,9 +57,8 @@ def pdl_loss(
         >>> v.shape
         torch.Size([])
     """
-    if isinstance(backbone, str):
-        base = _vgg_loss(backbone, tuple(layers), None if weights is None else str(weights), pretrained, download)
-        backbone = base.backbone.to(x.device)
-    loss = PDLLoss(backbone, layers, layer_weights, p, projection, normalize, pixel_loss=pixel_loss,
-                   pixel_weight=pixel_weight, input_range=input_range, reduction=reduction, seed=seed)
-    return loss(x, y)
+    loss = _cached_loss(backbone, tuple(layers), None if layer_weights is None else tuple(float(w) for w in layer_weights),
+                        p, projection, bool(normalize), None if weights is None else str(weights), pixel_loss,
+                        float(pixel_weight), tuple(float(v) for v in input_range), reduction, bool(pretrained),
+                        bool(download), int(seed))
+    return loss.to(x.device)(x, y)

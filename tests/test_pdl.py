@@ -249,3 +249,25 @@ def test_ddp_two_processes_match_one(tmp_path):
     _loss_fn()(model(x), y).backward()
     for got, want in zip(ddp_grads, [q.grad for q in model.parameters()]):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+
+
+def test_functional_pdl_loss_builds_the_loss_once(monkeypatch):
+    # A training loop calls the functional form every step: it must not rebuild PDLLoss (and its backbone).
+    import pdl_ext.functional as F
+
+    built = []
+
+    class Counting(F.PDLLoss):
+        def __init__(self, *args, **kwargs):
+            built.append(1)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(F, "PDLLoss", Counting)
+    F._cached_loss.cache_clear()
+    x, y = torch.rand(1, 3, 16, 16), torch.rand(1, 3, 16, 16)
+    values = [F.pdl_loss(x, y, layers=("relu1_2",), pretrained=False, seed=123) for _ in range(3)]
+    assert len(built) == 1
+    assert torch.equal(values[0], values[2])
+    F.pdl_loss(x, y, layers=("relu1_2",), pretrained=False, seed=123, p=2)  # another configuration: a new loss
+    assert len(built) == 2
+    F._cached_loss.cache_clear()
