@@ -5,7 +5,7 @@ from typing import Optional, Union
 
 import torch
 
-from ._checks import check_float, check_p, check_same_dtype_device, check_tensor
+from ._checks import check_float, check_p, check_same_dtype_device, check_tensor, is_int
 from .ops import normalized_wasserstein_1d, wasserstein_1d
 
 Projection = Union[str, int]
@@ -96,7 +96,7 @@ def projected_distance(
         if normalize:  # per position, a common scale of all channels: apply it to the rows
             x3, y3 = x3 * channel_inv_norm(x3), y3 * channel_inv_norm(y3)
         return wasserstein_1d(x3.transpose(1, 2), y3.transpose(1, 2), p)
-    if isinstance(projection, int) and not isinstance(projection, bool) and projection > 0:
+    if is_int(projection) and projection > 0:
         if directions is None:
             directions = random_directions(projection, c, seed, fx.device, fx.dtype)
         check_tensor("directions", directions, fn)

@@ -8,7 +8,11 @@ stand-in that can only record the attributes the pickle sets on it, and calling 
 Both ``torch.save`` formats are read: the zip archive (default since torch 1.6) and the legacy stream.
 Tensor records are checked against their storage before any view is built, and all records together
 against the bytes of their storages before anything is copied, so a crafted file can neither read
-outside its storages nor make the converter allocate more than it holds.
+outside its storages nor make the converter allocate more than it holds. A zip archive's entries are
+checked against its central directory and the sizes its pickle declares before any is inflated (a
+zip bomb is refused, not inflated). Every refusal is a ``ValueError`` naming the file (``UnsafePickleError``
+is one too); what the file holds is quoted only in bounded form, and modules nested too deeply or
+containing themselves are refused, never recursed into.
 """
 from __future__ import annotations
 
@@ -26,9 +30,13 @@ from typing import Any, Callable, Dict, List, NamedTuple, Tuple, Union
 import torch
 
 from ..losses.mdf import discriminators_from_state_dict, discriminators_state_dict, save_discriminators
+from .weights import check_output_path, short, short_text, zip_size_problem
+from .._checks import is_int
 
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 _LEGACY_PROTOCOL = 1001
+# The published discriminators nest 3 levels (list, block, layer); deeper is not an MDF file.
+_MAX_MODULE_DEPTH = 32
 
 # The typed-storage classes a pickle names as dtype markers in its storage references.
 _STORAGE_DTYPES = {
@@ -48,8 +56,10 @@ _STORAGE_DTYPES = {
 }
 
 
-class UnsafePickleError(pickle.UnpicklingError):
-    """The file asked to call something that is not a tensor rebuild: nothing was called."""
+class UnsafePickleError(pickle.UnpicklingError, ValueError):
+    """The file asked to call something that is not a tensor rebuild: nothing was called.
+
+    A ``ValueError`` (the documented error of a refused file) whose message names the file."""
 
 
 class _Unreadable(ValueError):
@@ -74,7 +84,7 @@ class _StorageType:
 class _StandInMeta(type):
     def __call__(cls, *args: Any, **kwargs: Any) -> Any:
         raise UnsafePickleError(
-            f"convert_mdf: refusing to call {cls._pickled_name} from the pickle (only tensor rebuilds may run)"
+            f"convert_mdf: refusing to call {short_text(cls._pickled_name, 120)} from the pickle (only tensor rebuilds may run)"
         )
 
 
@@ -96,13 +106,14 @@ def _stand_in_class(module: str, name: str) -> type:
 
 def _is_index(v: Any) -> bool:
     # as_strided takes int64 values; bools are ints to Python but never a size.
-    return isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= sys.maxsize
+    return is_int(v) and 0 <= v <= sys.maxsize
 
 
 def _rebuild_tensor(storage: _Storage, offset: int, size: Tuple[int, ...], stride: Tuple[int, ...]) -> torch.Tensor:
     if not isinstance(storage, _Storage):
         raise UnsafePickleError(f"convert_mdf: a tensor rebuild got {type(storage).__name__} instead of a storage")
-    record = f"size {size!r}, stride {stride!r}, storage offset {offset!r} on storage {storage.key!r}"
+    record = (f"size {short(size, 80)}, stride {short(stride, 80)}, storage offset {short(offset, 40)} "
+              f"on storage {short(storage.key, 40)}")
     if not (
         isinstance(size, (tuple, list)) and isinstance(stride, (tuple, list)) and len(size) == len(stride)
         and all(map(_is_index, (offset, *size, *stride)))
@@ -133,7 +144,7 @@ def _rebuild_parameter(data, requires_grad=False, backward_hooks=None, state=Non
 def _reconstructor(cls: Any, base: Any, state: Any) -> Any:
     # copyreg's protocol-0/1 path, only for stand-ins: allocate, never initialise.
     if not (isinstance(cls, type) and issubclass(cls, StandIn)):
-        raise UnsafePickleError(f"convert_mdf: refusing to reconstruct {cls!r} from the pickle")
+        raise UnsafePickleError(f"convert_mdf: refusing to reconstruct {short(cls)} from the pickle")
     return object.__new__(cls)
 
 
@@ -180,13 +191,13 @@ class RestrictedUnpickler(pickle.Unpickler):
         if isinstance(pid, tuple) and len(pid) == 4 and pid[0] == "module":
             # The legacy format tags module classes with their source text; the class is our stand-in.
             if not (isinstance(pid[1], type) and issubclass(pid[1], StandIn)):
-                raise UnsafePickleError(f"convert_mdf: unexpected module reference {pid[1]!r}")
+                raise UnsafePickleError(f"convert_mdf: unexpected module reference {short(pid[1])}")
             return pid[1]
         if not isinstance(pid, tuple) or len(pid) < 5 or pid[0] != "storage" or not isinstance(pid[1], _StorageType):
-            raise UnsafePickleError(f"convert_mdf: unexpected persistent reference {pid!r}")
+            raise UnsafePickleError(f"convert_mdf: unexpected persistent reference {short(pid)}")
         _, storage_type, key, _location, numel = pid[:5]
-        if not isinstance(key, str) or isinstance(numel, bool) or not isinstance(numel, int) or numel < 0:
-            raise UnsafePickleError(f"convert_mdf: malformed storage reference {pid!r}")
+        if not isinstance(key, str) or not is_int(numel) or numel < 0:
+            raise UnsafePickleError(f"convert_mdf: malformed storage reference {short(pid)}")
         if len(pid) > 5 and pid[5] is not None:
             raise UnsafePickleError("convert_mdf: storage views of the legacy format are not supported")
         return _Storage(key, self._load_storage(key, storage_type.dtype, numel))
@@ -196,7 +207,7 @@ def _same_storage(cached: torch.Tensor, key: str, dtype: torch.dtype, numel: int
     # One buffer per key: a pickle naming a key many times must not make as many copies.
     if cached.dtype != dtype or cached.numel() != numel:
         raise _Unreadable(
-            f"refers to storage {key!r} as {cached.numel()} x {cached.dtype} and as {numel} x {dtype}"
+            f"refers to storage {short(key, 40)} as {cached.numel()} x {cached.dtype} and as {numel} x {dtype}"
         )
     return cached
 
@@ -205,7 +216,7 @@ def _flat(raw: bytes, dtype: torch.dtype, numel: int, key: str, big_endian: bool
     itemsize = torch.empty(0, dtype=dtype).element_size()
     if numel * itemsize > len(raw):
         raise _Unreadable(
-            f"is truncated or corrupted: storage {key} holds {len(raw)} bytes, fewer than {numel} x {itemsize}"
+            f"is truncated or corrupted: storage {short_text(key, 40)} holds {len(raw)} bytes, fewer than {numel} x {itemsize}"
         )
     flat = torch.frombuffer(bytearray(raw[: numel * itemsize]), dtype=torch.uint8)
     if big_endian and itemsize > 1:
@@ -213,14 +224,32 @@ def _flat(raw: bytes, dtype: torch.dtype, numel: int, key: str, big_endian: bool
     return flat.view(dtype) if numel else torch.empty(0, dtype=dtype)
 
 
+def _read_entry(zf: zipfile.ZipFile, name: str, limit: int, what: str) -> bytes:
+    """At most ``limit`` bytes of an entry; refuses one that inflates to more (checked on the central
+    directory first, then while reading: never more than ``limit + 1`` bytes are inflated)."""
+    info = zf.getinfo(name)
+    if info.file_size > limit:
+        raise _Unreadable(f"has {what} of {info.file_size} bytes once inflated ({info.compress_size} in the file), "
+                          f"more than the {limit} it may hold")
+    with zf.open(info) as f:
+        raw = f.read(limit + 1)
+    if len(raw) > limit:
+        raise _Unreadable(f"has {what} that inflates to more than the {limit} bytes it may hold")
+    return raw
+
+
 def _load_zip(path: Path) -> Any:
     with zipfile.ZipFile(path) as zf:
+        problem = zip_size_problem(zf, path.stat().st_size)
+        if problem:
+            raise _Unreadable(problem)
         pickles = [n for n in zf.namelist() if n.endswith("/data.pkl") and n.count("/") == 1]
         if len(pickles) != 1:
             raise _Unreadable("is a zip file but not a torch.save archive (no data.pkl)")
         prefix = pickles[0][: -len("data.pkl")]
         names = set(zf.namelist())
-        big_endian = prefix + "byteorder" in names and zf.read(prefix + "byteorder").strip() == b"big"
+        big_endian = (prefix + "byteorder" in names
+                      and _read_entry(zf, prefix + "byteorder", 16, "a byteorder record").strip() == b"big")
         storages: Dict[str, torch.Tensor] = {}
 
         def load_storage(key: str, dtype: torch.dtype, numel: int) -> torch.Tensor:
@@ -228,11 +257,15 @@ def _load_zip(path: Path) -> Any:
                 return _same_storage(storages[key], key, dtype, numel)
             name = f"{prefix}data/{key}"
             if name not in names:
-                raise _Unreadable(f"has no storage {key!r} in its archive")
-            storages[key] = _flat(zf.read(name), dtype, numel, key, big_endian)
+                raise _Unreadable(f"has no storage {short(key, 40)} in its archive")
+            # the pickle declares the storage's size: inflate no more than that (a bomb stops here)
+            nbytes = numel * torch.empty(0, dtype=dtype).element_size()
+            raw = _read_entry(zf, name, nbytes, f"a storage {short(key, 40)} declared as {numel} x {dtype}")
+            storages[key] = _flat(raw, dtype, numel, key, big_endian)
             return storages[key]
 
-        return RestrictedUnpickler(io.BytesIO(zf.read(pickles[0])), load_storage).load()
+        data = _read_entry(zf, pickles[0], zf.getinfo(pickles[0]).file_size, "a pickle")  # within the caps above
+        return RestrictedUnpickler(io.BytesIO(data), load_storage).load()
 
 
 def _load_legacy(path: Path) -> Any:
@@ -263,7 +296,7 @@ def _load_legacy(path: Path) -> Any:
     except UnsafePickleError:
         raise
     except Exception as e:
-        raise _Unreadable(f"is not a torch.save file ({e})") from e
+        raise _Unreadable(f"is not a torch.save file ({short_text(e)})") from e
     if magic != _LEGACY_MAGIC:
         raise _Unreadable("is not a torch.save file (neither a zip archive nor the legacy format)")
     if RestrictedUnpickler(f, refuse).load() != _LEGACY_PROTOCOL:
@@ -290,30 +323,43 @@ def _in_file(path: Union[str, os.PathLike], e: _Unreadable) -> ValueError:
     return ValueError(f"convert_mdf: {str(path)!r} {e}")
 
 
+def _unsafe_in_file(path: Union[str, os.PathLike], e: UnsafePickleError) -> UnsafePickleError:
+    text = str(e)
+    text = text[len("convert_mdf: "):] if text.startswith("convert_mdf: ") else text
+    return UnsafePickleError(f"convert_mdf: {str(path)!r}: {text}")
+
+
+def _too_deep(path: Union[str, os.PathLike]) -> ValueError:
+    return ValueError(f"convert_mdf: {str(path)!r} nests objects too deeply (or holds an object that contains "
+                      f"itself); a published MDF file nests modules {_MAX_MODULE_DEPTH} levels at most")
+
+
 def load_pickled_modules(path: Union[str, os.PathLike]) -> Any:
     """Reads a ``torch.save`` file with the restricted unpickler: modules come back as ``StandIn``
     records (``.state`` is the pickled ``__dict__``), tensors as views on the file's storages (inside
     them, but possibly overlapping). Nothing from the file runs.
 
     Raises:
-        FileNotFoundError: no such file. UnsafePickleError: the pickle asked to call something.
-        ValueError: the file is truncated, corrupted, crafted or not a ``torch.save`` file; the
-        message names it.
+        FileNotFoundError: no such file. UnsafePickleError (a ValueError): the pickle asked to call
+        something. ValueError: the file is truncated, corrupted, crafted (a zip bomb, storages read out
+        of bounds) or not a ``torch.save`` file; the message names it.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"convert_mdf: no such file {str(path)!r}")
     try:
         return _load_zip(path) if zipfile.is_zipfile(path) else _load_legacy(path)
-    except UnsafePickleError:
-        raise
+    except UnsafePickleError as e:
+        raise _unsafe_in_file(path, e) from None
     except _Unreadable as e:
-        raise _in_file(path, e) from e
+        raise _in_file(path, e) from None
+    except RecursionError:
+        raise _too_deep(path) from None
     except Exception as e:  # damaged bytes raise many kinds (BadZipFile, EOFError, KeyError, ...)
         raise ValueError(
             f"convert_mdf: {str(path)!r} is not a readable torch.save file (truncated or corrupted?): "
-            f"{type(e).__name__}: {e}"
-        ) from e
+            f"{type(e).__name__}: {short_text(e)}"
+        ) from None
 
 
 # Hyper-parameters the MDF architecture fixes, checked on the recorded modules: class -> attr -> value.
@@ -324,33 +370,46 @@ _ARCHITECTURE = {
 }
 
 
-def _module_state(record: Any, prefix: str, out: Dict[str, torch.Tensor]) -> None:
+def _named(table: Any, what: str, where: str) -> Dict[str, Any]:
+    """A module's ``_parameters``/``_buffers``/``_modules`` table: a dict keyed by names."""
+    table = table or {}
+    if not isinstance(table, dict) or not all(isinstance(k, str) for k in table):
+        raise _Unreadable(f"holds {short(table, 80)} as the {what} of {where}, where a dict keyed by names goes")
+    return table
+
+
+def _module_state(record: Any, prefix: str, out: Dict[str, torch.Tensor], ancestors: Tuple[int, ...] = ()) -> None:
+    where = short_text(prefix.rstrip(".") or "the top", 120)
+    if id(record) in ancestors:
+        raise _Unreadable(f"holds a module that contains itself (at {where})")
+    if len(ancestors) >= _MAX_MODULE_DEPTH:
+        raise _Unreadable(f"nests modules more than {_MAX_MODULE_DEPTH} levels deep (at {where})")
     if not isinstance(record, StandIn) or not isinstance(getattr(record, "state", None), dict):
-        raise _Unreadable(f"holds {record!r} at {prefix or 'the top'!r}, where a pickled module goes")
+        raise _Unreadable(f"holds {short(record)} at {where!r}, where a pickled module goes")
     state = record.state
     cls = record._pickled_name.rsplit(".", 1)[-1]
     for attr, want in _ARCHITECTURE.get(cls, {}).items():
         got = state.get(attr, want)
         if (tuple(got) if isinstance(got, (list, tuple)) else got) != want:
-            raise _Unreadable(f"has {prefix.rstrip('.')} ({cls}) with {attr}={got!r}; MDF needs {want!r}")
+            raise _Unreadable(f"has {where} ({short_text(cls, 80)}) with {attr}={short(got, 80)}; MDF needs {want!r}")
     skip = state.get("_non_persistent_buffers_set") or set()
     for group in ("_parameters", "_buffers"):
-        for name, t in (state.get(group) or {}).items():
+        for name, t in _named(state.get(group), group, where).items():
             if t is None or (group == "_buffers" and name in skip):
                 continue
             if not isinstance(t, torch.Tensor):
-                raise _Unreadable(f"holds a {type(t).__name__} for {prefix}{name}, not a tensor")
+                raise _Unreadable(f"holds a {type(t).__name__} for {short_text(prefix + name, 120)}, not a tensor")
             out[prefix + name] = t
-    for name, child in (state.get("_modules") or {}).items():
+    for name, child in _named(state.get("_modules"), "_modules", where).items():
         if child is not None:
-            _module_state(child, f"{prefix}{name}.", out)
+            _module_state(child, f"{prefix}{name}.", out, ancestors + (id(record),))
 
 
 def _discriminator_list(root: Any) -> List[Any]:
     if isinstance(root, (list, tuple)):
         return list(root)
     if isinstance(root, StandIn) and isinstance(getattr(root, "state", None), dict):
-        modules = root.state.get("_modules") or {}
+        modules = _named(root.state.get("_modules"), "_modules", "the top")
         if modules and all(k.isdigit() for k in modules):  # an nn.ModuleList
             return [modules[k] for k in sorted(modules, key=int)]
         return [root]
@@ -362,16 +421,18 @@ def convert_mdf(src: Union[str, os.PathLike], dst: Union[str, os.PathLike]) -> D
 
     Args:
         src: the ``torch.save`` file (zip or legacy format).
-        dst: the safetensors file to write, laid out as ``"{k}.head.conv.weight"``, ... (discriminator
+        dst: the safetensors file to write (its folder is created; checked writable first), laid out as ``"{k}.head.conv.weight"``, ... (discriminator
             ``k`` in list order), which ``MDFLoss.from_file`` loads.
 
     Returns:
         The state dict written.
 
     Raises:
-        UnsafePickleError: the pickle tried to call something other than a tensor rebuild (nothing ran).
+        UnsafePickleError (a ValueError): the pickle tried to call something other than a tensor
+            rebuild (nothing ran).
         ValueError: the file is not a ``torch.save`` file (truncated, corrupted, or crafted: tensor
-            records outside their storage or overlapping), or not an MDF discriminator series (layout,
+            records outside their storage or overlapping, a zip bomb, modules nested too deeply or
+            containing themselves), or not an MDF discriminator series (layout,
             shapes, non-float weights); the message names the file. Nothing is allocated beyond what
             the file's storages hold.
 
@@ -379,17 +440,20 @@ def convert_mdf(src: Union[str, os.PathLike], dst: Union[str, os.PathLike]) -> D
         >>> from pdl_ext.io.mdf_pickle import convert_mdf
         >>> convert_mdf("Ds_SISR.pth", "Ds_SISR.safetensors")   # doctest: +SKIP
     """
+    check_output_path(dst, "convert_mdf: dst")  # before reading: a wrong output path fails at once
     root = load_pickled_modules(src)
     state: Dict[str, torch.Tensor] = {}
     try:
         if isinstance(root, dict) and root and all(isinstance(v, torch.Tensor) for v in root.values()):
-            state = dict(root)  # already a flat state dict
+            state = dict(_named(root, "keys", "the top"))  # already a flat state dict
         else:
             for k, record in enumerate(_discriminator_list(root)):
                 _module_state(record, f"{k}.", state)
         _check_no_overlap(state)
     except _Unreadable as e:
         raise _in_file(src, e) from None
+    except RecursionError:
+        raise _too_deep(src) from None
     # The views go straight to load_state_dict, which copies them once the layout is checked.
     discriminators = discriminators_from_state_dict(state, "convert_mdf", repr(str(src)))
     save_discriminators(discriminators, dst)
@@ -415,11 +479,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        state = convert_mdf(args.src, args.dst)
-    except (OSError, ValueError, pickle.UnpicklingError) as e:
-        print(f"pdl-ext convert-mdf: {e}", file=sys.stderr)
-        return 1
+    # a refused file (ValueError, UnsafePickleError is one) or a missing one: `pdl-ext` prints it, exit status 2
+    state = convert_mdf(args.src, args.dst)
     widths = [int(t.shape[0]) for k, t in state.items() if k.endswith(".head.conv.weight")]
     print(f"wrote {len(widths)} discriminators (widths {widths}) to {args.dst}")
     return 0

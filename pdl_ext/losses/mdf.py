@@ -16,7 +16,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 
-from .._checks import check_float, check_p, check_reduction, check_same_dtype_device, check_tensor, reduce
+from .._checks import check_images, check_p, check_reduction, is_int, reduce
 from ..projection import projected_distance
 from ..io.weights import check_float_tensors
 
@@ -25,6 +25,9 @@ RECEPTIVE_FIELD = 11
 DISTANCES = ("mse", "pdl")
 # The paper's loss uses the first 8 discriminators of a series (fewer when a series holds fewer).
 PAPER_SCALES = 8
+# The published series bundled in the package (losses/weights/mdf, the authors' BSD-3-Clause notice
+# beside them): name -> file. The authors' Ds_Denoising.pth is byte-identical to Ds_SISR.pth.
+PRETRAINED = {"sisr": "Ds_SISR.safetensors", "denoise": "Ds_SISR.safetensors", "jpeg": "Ds_JPEG.safetensors"}
 
 
 class ConvBlock(nn.Sequential):
@@ -54,7 +57,7 @@ class MDFDiscriminator(nn.Module):
 
     def __init__(self, width: int = 32) -> None:
         super().__init__()
-        if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+        if not is_int(width) or width < 1:
             raise ValueError(f"MDFDiscriminator: width must be a positive int, got {width!r}")
         self.width = width
         self.head = ConvBlock(3, width)
@@ -77,7 +80,7 @@ def default_widths(count: int) -> List[int]:
 
 
 def discriminators_state_dict(discriminators: Iterable[nn.Module]) -> Dict[str, torch.Tensor]:
-    """The flat ``"{k}.{name}"`` state dict of a discriminator series (the layout of the shared weights)."""
+    """The flat ``"{k}.{name}"`` state dict of a discriminator series (the layout of the bundled published files)."""
     return {
         f"{k}.{name}": t.detach().to("cpu").contiguous()
         for k, d in enumerate(discriminators)
@@ -90,6 +93,14 @@ def save_discriminators(discriminators: Iterable[nn.Module], path: Union[str, os
     from safetensors.torch import save_file
 
     save_file(discriminators_state_dict(discriminators), str(path))
+
+
+def pretrained_path(name: str) -> Path:
+    """The bundled safetensors file of a published series (``name`` a key of ``PRETRAINED``).
+
+    A path inside the installed package, next to this module; ``MDFLoss.from_pretrained`` loads it.
+    """
+    return Path(__file__).resolve().parent / "weights" / "mdf" / PRETRAINED[name]
 
 
 def _resolve_num_scales(num_scales: Optional[int], count: int) -> Optional[int]:
@@ -149,24 +160,6 @@ def discriminators_from_state_dict(
     return discriminators
 
 
-def _check_images(x: object, y: object, fn: str) -> None:
-    for name, t in (("x", x), ("y", y)):
-        check_tensor(name, t, fn)
-        if t.dim() != 4 or t.shape[1] != 3:
-            raise ValueError(f"{fn}: {name} must be (B, 3, H, W), got shape {tuple(t.shape)}")
-    check_float("x", x, fn)
-    check_same_dtype_device(x, y, fn)
-    if x.shape != y.shape:
-        raise ValueError(f"{fn}: x and y must have the same shape, got {tuple(x.shape)} and {tuple(y.shape)}")
-    if min(x.shape[-2:]) < RECEPTIVE_FIELD:
-        raise ValueError(
-            f"{fn}: images must be at least {RECEPTIVE_FIELD}x{RECEPTIVE_FIELD} (the discriminators' receptive "
-            f"field), got {x.shape[-2]}x{x.shape[-1]}"
-        )
-    if x.shape[0] == 0:
-        raise ValueError(f"{fn}: x must hold at least one image, got shape {tuple(x.shape)}")
-
-
 def mdf_loss(
     x: torch.Tensor,
     y: torch.Tensor,
@@ -219,14 +212,14 @@ def _mdf_loss(
     reduction: str,
     fn: str,
 ) -> torch.Tensor:
-    _check_images(x, y, fn)
+    check_images(fn, x, y, channels=3, same_shape=True, min_size=(RECEPTIVE_FIELD, "the discriminators' receptive field"))
     if distance not in DISTANCES:
         raise ValueError(f"{fn}: distance must be 'mse' or 'pdl', got {distance!r}")
     p = check_p(p, fn)
     check_reduction(reduction, fn)
     count = len(discriminators)
     num_scales = _resolve_num_scales(num_scales, count)
-    if isinstance(num_scales, bool) or not isinstance(num_scales, int) or not 1 <= num_scales <= count:
+    if not is_int(num_scales) or not 1 <= num_scales <= count:
         raise ValueError(
             f"{fn}: num_scales must be an int in [1, {count}] (the discriminators given), got {num_scales!r}"
         )
@@ -253,7 +246,8 @@ def _mdf_loss(
 class MDFLoss(nn.Module):
     r"""The MDF loss as a module holding a frozen discriminator series (``mdf_loss`` documents the value).
 
-    Build it from published or trained weights with ``MDFLoss.from_file(path)``; the constructor alone
+    Build it from the bundled published weights with ``MDFLoss.from_pretrained("sisr" | "denoise" | "jpeg")``
+    or from a trained series with ``MDFLoss.from_file(path)``; the constructor alone
     makes an untrained series of ``widths`` (default: SinGAN's 32, 32, 32, 32, 64, ... for
     ``num_scales``, 8 when ``None``) to fill with ``load_state_dict``, or wraps ``discriminators`` you trained.
     The discriminators stay frozen and in eval mode, also under ``.train()``.
@@ -272,7 +266,7 @@ class MDFLoss(nn.Module):
     Example:
         >>> import torch
         >>> from pdl_ext.losses.mdf import MDFLoss
-        >>> loss_fn = MDFLoss(num_scales=2)          # untrained; usually MDFLoss.from_file(path)
+        >>> loss_fn = MDFLoss(num_scales=2)          # untrained; usually MDFLoss.from_pretrained("sisr")
         >>> x = torch.rand(1, 3, 32, 32, requires_grad=True)
         >>> loss_fn(x, torch.rand(1, 3, 32, 32)).backward()
         >>> x.grad.shape
@@ -298,11 +292,11 @@ class MDFLoss(nn.Module):
         if discriminators is None:
             if widths is None:
                 num_scales = PAPER_SCALES if num_scales is None else num_scales
-                if isinstance(num_scales, bool) or not isinstance(num_scales, int) or num_scales < 1:
+                if not is_int(num_scales) or num_scales < 1:
                     raise ValueError(f"{fn}: num_scales must be a positive int, got {num_scales!r}")
                 widths = default_widths(num_scales)
             widths = list(widths)
-            if not widths or any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in widths):
+            if not widths or any(not is_int(w) or w < 1 for w in widths):
                 raise ValueError(f"{fn}: widths must be a non-empty list of positive ints, got {widths!r}")
             discriminators = [MDFDiscriminator(w) for w in widths]
         self.discriminators = nn.ModuleList(discriminators)
@@ -310,7 +304,7 @@ class MDFLoss(nn.Module):
         if count == 0 or not all(isinstance(d, MDFDiscriminator) for d in self.discriminators):
             raise ValueError(f"{fn}: discriminators must be a non-empty series of MDFDiscriminator")
         num_scales = _resolve_num_scales(num_scales, count)
-        if isinstance(num_scales, bool) or not isinstance(num_scales, int) or not 1 <= num_scales <= count:
+        if not is_int(num_scales) or not 1 <= num_scales <= count:
             raise ValueError(
                 f"{fn}: num_scales must be an int in [1, {count}] (the discriminators held), got {num_scales!r}"
             )
@@ -333,7 +327,7 @@ class MDFLoss(nn.Module):
         reduction: str = "mean",
     ) -> "MDFLoss":
         """Loads a discriminator series from safetensors (``"{k}.head.conv.weight"``, ... as in
-        ``shared/weights/mdf``; a published ``.pth`` converts with ``pdl-ext convert-mdf``).
+        the bundled published files; a published ``.pth`` converts with ``pdl-ext convert-mdf``).
 
         Args:
             path: the safetensors file; the count and widths of the series come from its tensors.
@@ -367,6 +361,57 @@ class MDFLoss(nn.Module):
             ) from e
         discriminators = discriminators_from_state_dict(state, fn, repr(str(path)))
         return cls(num_scales, distance, p, reduction, discriminators=discriminators)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name: str,
+        num_scales: Optional[int] = None,
+        distance: str = "mse",
+        p: int = 1,
+        reduction: str = "mean",
+    ) -> "MDFLoss":
+        """The published discriminators (Mustafa et al., WACV 2022), bundled with the package.
+
+        ``"sisr"``: ``Ds_SISR`` (9 discriminators, widths 32 x4, 64 x4, 128), trained for super-resolution;
+        ``"denoise"``: ``Ds_Denoising``, byte-identical to ``Ds_SISR`` in the authors' release (the same file);
+        ``"jpeg"``: ``Ds_JPEG`` (8 discriminators, widths 32 x4, 64 x4). The files are safetensors inside
+        the installed package (``pdl_ext/losses/weights/mdf``, with the authors' BSD-3-Clause ``LICENSE``):
+        loading executes no code and reads nothing from the network.
+
+        Args:
+            name: ``"sisr"``, ``"denoise"`` or ``"jpeg"``.
+            num_scales, distance, p, reduction: as in ``from_file`` (``None``: the paper's first 8).
+
+        Returns:
+            The loss module (float32, on the CPU), its discriminators frozen and in eval mode; move it
+            with ``.to(x)``. Called on ``x``, ``y`` of shape ``(B, 3, H, W)`` (RGB in [0, 1],
+            H, W >= 11), it returns a scalar, or ``(B,)`` with ``reduction="none"``.
+
+        Raises:
+            ValueError: an unknown ``name``, or an argument ``MDFLoss`` refuses.
+
+        Example:
+            >>> import torch
+            >>> from pdl_ext import MDFLoss
+            >>> loss_fn = MDFLoss.from_pretrained("sisr")
+            >>> loss_fn.widths
+            [32, 32, 32, 32, 64, 64, 64, 64, 128]
+            >>> x = torch.rand(2, 3, 32, 32, requires_grad=True)
+            >>> loss_fn(x, torch.rand(2, 3, 32, 32)).backward()
+            >>> MDFLoss.from_pretrained("jpeg", num_scales=2, reduction="none")(x, x).tolist()
+            [0.0, 0.0]
+        """
+        fn = "MDFLoss.from_pretrained"
+        if not isinstance(name, str) or name not in PRETRAINED:
+            names = ", ".join(repr(n) for n in PRETRAINED)
+            raise ValueError(f"{fn}: name must be one of {names}, got {name!r}")
+        path = pretrained_path(name)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{fn}: the bundled file {str(path)!r} is missing: a broken install of pdl-ext (reinstall it)"
+            )
+        return cls.from_file(path, num_scales, distance, p, reduction)
 
     @property
     def widths(self) -> List[int]:

@@ -12,7 +12,7 @@ from typing import Optional, Union
 import torch
 from torch import nn
 
-from .._checks import check_float, check_reduction, check_same_dtype_device, check_tensor, reduce
+from .._checks import check_float, check_images, check_reduction, check_same_dtype_device, check_tensor, is_int, is_number, reduce
 from .pixel import PIXEL_LOSSES, pixel_loss_per_sample
 from .vgg import VGGFeatures
 from ..io.weights import check_float_tensors, load_state_dict
@@ -104,7 +104,7 @@ def emd_loss(pred: torch.Tensor, target: torch.Tensor, r: float = 2, reduction: 
                          f"got {tuple(pred.shape)} and {tuple(target.shape)}")
     if target.device != pred.device:
         raise ValueError(f"{fn}: target must be on the device of pred ({pred.device}), got {target.device}")
-    if isinstance(r, bool) or not isinstance(r, (int, float)) or not r > 0:
+    if not is_number(r) or not r > 0:
         raise ValueError(f"{fn}: r must be a positive number, got {r!r}")
     check_reduction(reduction, fn)
     # cumulative sums in half precision drift; compute in at least float32
@@ -187,7 +187,7 @@ class NIMA(nn.Module):
         dummy_size: int = 64,
     ) -> None:
         super().__init__()
-        if isinstance(num_bins, bool) or not isinstance(num_bins, int) or num_bins < 2:
+        if not is_int(num_bins) or num_bins < 2:
             raise ValueError(f"NIMA: num_bins must be an integer >= 2, got {num_bins!r}")
         if not 0.0 <= float(dropout) < 1.0:
             raise ValueError(f"NIMA: dropout must be in [0, 1), got {dropout!r}")
@@ -263,9 +263,11 @@ class NIMA(nn.Module):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Globally average-pooled backbone features ``(B, F)``."""
-        x = check_tensor("x", x, "NIMA")
-        if x.dim() != 4 or x.shape[1] != 3:
-            raise ValueError(f"NIMA: x must be (B, 3, H, W) RGB images, got shape {tuple(x.shape)}")
+        check_images("NIMA", x, channels=3, shape_text="(B, 3, H, W) RGB images")
+        if isinstance(self.backbone, VGGFeatures) and min(x.shape[-2:]) < self.backbone.min_size:
+            need = self.backbone.min_size
+            raise ValueError(f"NIMA: x must be at least {need}x{need} for the {self.backbone.arch} backbone "
+                             f"(its max-pools), got {tuple(x.shape[-2:])}")
         return self._pool(self.backbone(x))
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
@@ -362,10 +364,7 @@ class NIMALoss(nn.Module):
 
     def forward(self, output: torch.Tensor, target: Optional[torch.Tensor] = None) -> torch.Tensor:
         fn = "NIMALoss"
-        output = check_tensor("output", output, fn)
-        if output.dim() != 4 or output.shape[1] != 3:
-            raise ValueError(f"{fn}: output must be (B, 3, H, W), got shape {tuple(output.shape)}")
-        check_float("output", output, fn)
+        check_images(fn, output, names=("output", "target"), channels=3)
         loss = self.weight * self.score_penalty(output)
         if self.fidelity is not None:
             if target is None:

@@ -9,28 +9,13 @@ from typing import Callable, Dict, Iterator, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
-from .._checks import check_float, check_p, check_reduction, check_same_dtype_device, check_tensor, reduce
+from .._checks import check_images, check_p, check_reduction, is_int, reduce
 from .pixel import PIXEL_LOSSES, pixel_loss_per_sample
 from ..projection import Projection, projected_distance, random_directions
 from .vgg import VGGFeatures
 
 DEFAULT_LAYERS = ("relu1_2", "relu2_2", "relu3_3", "relu4_3", "relu5_3")
 Backbone = Union[str, nn.Module, Callable[[torch.Tensor], Sequence[torch.Tensor]]]
-
-
-def _check_images(x: object, y: object, fn: str) -> None:
-    for name, t in (("x", x), ("y", y)):
-        check_tensor(name, t, fn)
-        if t.dim() != 4:
-            raise ValueError(f"{fn}: {name} must be an image batch (B, C, H, W), got shape {tuple(t.shape)}")
-    check_float("x", x, fn)
-    check_same_dtype_device(x, y, fn)
-    if x.shape[0] == 0:
-        raise ValueError(f"{fn}: x must hold at least one image, got shape {tuple(x.shape)}")
-    if x.shape[0] != y.shape[0]:
-        raise ValueError(f"{fn}: x and y must have the same batch size, got {x.shape[0]} and {y.shape[0]}")
-    if x.shape[1] != y.shape[1]:
-        raise ValueError(f"{fn}: x and y must have the same channel count, got {x.shape[1]} and {y.shape[1]}")
 
 
 def _check_range(t: torch.Tensor, name: str, lo: float, hi: float, fn: str) -> None:
@@ -58,7 +43,8 @@ class PDLLoss(nn.Module):
         backbone: "vgg16", "vgg19", or an ``nn.Module``/callable mapping ``(B, 3, H, W)`` images in
             [0, 1] to a list of feature maps ``(B, C_l, H_l, W_l)`` (then ``layers``/``weights`` are unused).
         layers: VGG layer names (``relu1_2`` ... ``relu5_3``, ``conv*``, ``pool*``).
-        layer_weights: one weight per layer (default 1 each).
+        layer_weights: one weight per layer (default 1 each), in the order of ``layers`` (whatever
+            order the layers are computed in).
         p: 1 (W_1, the paper's choice) or 2 (W_2^2).
         projection: "spatial", "channel" or an int K (sliced: K random unit directions per layer,
             seeded by ``seed``, fixed for the module's life until :meth:`resample_directions`).
@@ -107,7 +93,7 @@ class PDLLoss(nn.Module):
         fn = "PDLLoss"
         self.p = check_p(p, fn)
         self.reduction = check_reduction(reduction, fn)
-        if not (projection in ("spatial", "channel") or (isinstance(projection, int) and not isinstance(projection, bool) and projection > 0)):
+        if not (projection in ("spatial", "channel") or (is_int(projection) and projection > 0)):
             raise ValueError(f"{fn}: projection must be 'spatial', 'channel' or a positive int, got {projection!r}")
         if pixel_loss is not None and pixel_loss not in PIXEL_LOSSES:
             raise ValueError(f"{fn}: pixel_loss must be None or one of {PIXEL_LOSSES}, got {pixel_loss!r}")
@@ -120,6 +106,8 @@ class PDLLoss(nn.Module):
             if backbone not in ("vgg16", "vgg19"):
                 raise ValueError(f"{fn}: backbone must be 'vgg16', 'vgg19', an nn.Module or a callable, got {backbone!r}")
             backbone = VGGFeatures(backbone, layers, weights=weights, pretrained=pretrained, download=download)
+            num_layers = len(backbone.layers)
+        elif isinstance(backbone, VGGFeatures):
             num_layers = len(backbone.layers)
         elif callable(backbone):
             num_layers = None  # known at the first call
@@ -161,6 +149,14 @@ class PDLLoss(nn.Module):
             self._directions[key] = random_directions(int(self.projection), channels, self.seed * 1000 + layer, device, dtype)
         return self._directions[key]
 
+    def _weights_in_feature_order(self) -> Optional[Sequence[float]]:
+        # layer_weights follow the names they are listed with; a VGG backbone yields its maps in depth
+        # order (iter_features), which differs from the order of `layers` when those are not sorted.
+        if self.layer_weights is None or not isinstance(self.backbone, VGGFeatures):
+            return self.layer_weights
+        by_name = dict(zip(self.backbone.layers, self.layer_weights))
+        return [by_name[name] for name in self.backbone.depth_layers]
+
     def _features(self, img: torch.Tensor) -> Iterator[torch.Tensor]:
         if isinstance(self.backbone, VGGFeatures):
             return self.backbone.iter_features(img)  # layer by layer: maps are dropped as they are used
@@ -182,7 +178,7 @@ class PDLLoss(nn.Module):
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         fn = "PDLLoss"
-        _check_images(x, y, fn)
+        check_images(fn, x, y, same_batch_and_channels=True, nonempty=True)
         lo, hi = self.input_range
         if self.check_range:
             _check_range(y, "y", lo, hi, fn)
@@ -193,6 +189,7 @@ class PDLLoss(nn.Module):
         with torch.no_grad():
             fy_iter = self._features(ys)
         fx_iter = self._features(xs)
+        layer_weights = self._weights_in_feature_order()
         layer = 0
         while True:
             fx = next(fx_iter, None)
@@ -204,7 +201,7 @@ class PDLLoss(nn.Module):
                 break
             dirs = None if isinstance(self.projection, str) else self.directions(layer, fx.shape[1], fx.device, fx.dtype)
             d = projected_distance(fx, fy, self.p, self.projection, self.normalize, directions=dirs).mean(1)
-            w = 1.0 if self.layer_weights is None else self.layer_weights[layer]
+            w = 1.0 if layer_weights is None else layer_weights[layer]
             total = d * w if total is None else total + d * w
             layer += 1
         if self.layer_weights is not None and layer != len(self.layer_weights):

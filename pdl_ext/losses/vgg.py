@@ -14,7 +14,7 @@ from typing import Dict, Iterator, List, Sequence, Tuple, Union
 import torch
 from torch import nn
 
-from .._checks import check_float, check_tensor
+from .._checks import check_images
 from ..io.weights import check_float_tensors, find_in_hub_cache, hub_checkpoint_dir, load_state_dict
 
 # Output channels of each conv; "M" is a 2x2 max pool (torchvision's configurations "D" and "E").
@@ -92,6 +92,7 @@ class VGGFeatures(nn.Module):
         layers: the requested names, in the order of ``forward``'s output.
         depth_layers: the same names in depth order, the order of ``iter_features``.
         out_channels: channels of each requested layer, in the order of ``layers``.
+        min_size: the smallest image side the kept layers accept (``2 ** k`` for ``k`` max-pools).
 
     Shapes:
         input ``(B, 3, H, W)`` RGB in [0, 1]; output: one ``(B, C_l, H_l, W_l)`` map per layer.
@@ -137,6 +138,8 @@ class VGGFeatures(nn.Module):
         self._index_to_name = {table[n][0]: n for n in layers}
         self.frozen = frozen
         self.features = _make_features(arch, max(self._index_to_name) + 1)
+        # each 2x2 max-pool halves the side (rounding down) and refuses a side below 2
+        self.min_size: int = 2 ** sum(isinstance(m, nn.MaxPool2d) for m in self.features)
         # non-persistent: the state dict stays exactly torchvision's features.N.* keys
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
@@ -207,10 +210,7 @@ class VGGFeatures(nn.Module):
         return super().train(mode and not self.frozen)
 
     def _check_input(self, x: object) -> torch.Tensor:
-        x = check_tensor("x", x, "VGGFeatures")
-        if x.dim() != 4 or x.shape[1] != 3:
-            raise ValueError(f"VGGFeatures: x must be (B, 3, H, W) RGB in [0, 1], got shape {tuple(x.shape)}")
-        check_float("x", x, "VGGFeatures")
+        check_images("VGGFeatures", x, channels=3, shape_text="(B, 3, H, W) RGB in [0, 1]")
         return x
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:

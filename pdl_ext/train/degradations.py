@@ -1,4 +1,5 @@
-"""The distortions of the restoration tasks: noise, bicubic downsampling, JPEG, blur, Bayer mosaic.
+"""The distortions of the restoration tasks (noise, bicubic downsampling, JPEG, blur, Bayer mosaic) and
+of the enhancement tasks (haze by the scattering model, tone compression).
 
 They make the training pairs of the demo and the task-specific inputs of MDF training. Every function
 takes ``(B, 3, H, W)`` or ``(3, H, W)`` float tensors in [0, 1] and returns the same layout, in [0, 1].
@@ -7,15 +8,15 @@ from __future__ import annotations
 
 import io
 import math
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple, Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .._checks import check_float, check_tensor
+from .._checks import check_float, check_tensor, is_int, is_number
 
-TASKS = ("denoise", "sr", "jpeg", "deblur", "demosaic")
+TASKS = ("denoise", "sr", "jpeg", "deblur", "demosaic", "dehaze", "tonemap")
 
 
 def _check_image(img: object, fn: str) -> Tuple[torch.Tensor, bool]:
@@ -33,7 +34,7 @@ def _check_image(img: object, fn: str) -> Tuple[torch.Tensor, bool]:
 
 
 def _number(name: str, value: object, fn: str, low: float, low_inclusive: bool = True) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if not is_number(value) or not math.isfinite(value):
         raise TypeError(f"{fn}: {name} must be a finite number, got {value!r}")
     if value < low or (value == low and not low_inclusive):
         raise ValueError(f"{fn}: {name} must be {'>=' if low_inclusive else '>'} {low:g}, got {value!r}")
@@ -125,7 +126,7 @@ def upsample(img: torch.Tensor, scale: Optional[float] = None, size: Optional[Tu
     if size is None:
         scale = _check_scale(scale, fn)
         size = (round(x.shape[-2] * scale), round(x.shape[-1] * scale))
-    if len(size) != 2 or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in size):
+    if len(size) != 2 or any(not is_int(s) or s < 1 for s in size):
         raise ValueError(f"{fn}: size must be two positive ints (H, W), got {size!r}")
     out = F.interpolate(x, size=tuple(size), mode="bicubic", align_corners=False).clamp(0, 1)
     return out[0] if squeeze else out
@@ -151,7 +152,7 @@ def jpeg_compress(img: torch.Tensor, quality: int = 10) -> torch.Tensor:
     """
     fn = "jpeg_compress"
     x, squeeze = _check_image(img, fn)
-    if isinstance(quality, bool) or not isinstance(quality, int) or not 1 <= quality <= 100:
+    if not is_int(quality) or not 1 <= quality <= 100:
         raise ValueError(f"{fn}: quality must be an int in [1, 100], got {quality!r}")
     from PIL import Image
 
@@ -246,6 +247,190 @@ def demosaic_baseline(img: torch.Tensor) -> torch.Tensor:
     return demosaic_bilinear(bayer_mosaic(img))
 
 
+# ---------------------------------------------------------------- enhancement: haze and tone compression
+
+
+def _range(name: str, value: object, fn: str, low: float, high: float = math.inf) -> Tuple[float, float]:
+    """A number or a ``(low, high)`` pair within [low, high]; returns the pair (a number gives (v, v))."""
+    pair = tuple(value) if isinstance(value, (tuple, list)) else (value, value)
+    if len(pair) != 2 or not all(is_number(v) and math.isfinite(v) for v in pair):
+        raise TypeError(f"{fn}: {name} must be a finite number or a (low, high) pair of them, got {value!r}")
+    lo, hi = float(pair[0]), float(pair[1])
+    if not low <= lo <= hi <= high:
+        bound = f"[{low:g}, {high:g}]" if math.isfinite(high) else f">= {low:g}"
+        raise ValueError(f"{fn}: {name} must be {bound} (a pair: low <= high), got {value!r}")
+    return lo, hi
+
+
+def _draw(bounds: Tuple[float, float], n: int, generator: torch.Generator, device, dtype) -> torch.Tensor:
+    """``n`` uniform draws in [lo, hi] (always consumes ``n`` numbers of the generator)."""
+    u = torch.rand(n, generator=generator, device=device, dtype=dtype)
+    return bounds[0] + (bounds[1] - bounds[0]) * u
+
+
+def synthetic_depth(
+    batch: int,
+    height: int,
+    width: int,
+    noise: float = 0.35,
+    cells: int = 3,
+    generator: Optional[torch.Generator] = None,
+    seed: int = 0,
+    device: Union[str, torch.device, None] = None,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """A smooth scene depth for the haze model: a vertical ramp plus low-frequency noise, in [0, 1].
+
+    ``d = (1 - noise) * ramp + noise * field``: ``ramp`` falls linearly from 1 on the top row (far:
+    sky, horizon) to 0 on the bottom row (near), ``field`` is a ``(cells + 1) x (cells + 1)`` grid of
+    uniform draws upsampled bicubically to ``H x W`` (clamped to [0, 1]).
+
+    Args:
+        batch, height, width: B, H, W of the output (H, W >= 1).
+        noise: weight of the low-frequency field, in [0, 1].
+        cells: grid cells of the field per side (>= 1; more: bumpier depth).
+        generator: a ``torch.Generator`` on ``device`` to draw from; else one seeded with ``seed``.
+        device, dtype: of the output (default: the CPU, float32).
+
+    Returns:
+        ``(B, 1, H, W)`` depth in [0, 1].
+
+    Example:
+        >>> from pdl_ext.train.degradations import synthetic_depth
+        >>> d = synthetic_depth(2, 32, 48, seed=1); d.shape, bool(d[:, :, 0].mean() > d[:, :, -1].mean())
+        (torch.Size([2, 1, 32, 48]), True)
+    """
+    fn = "synthetic_depth"
+    for name, v, lo in (("batch", batch, 1), ("height", height, 1), ("width", width, 1), ("cells", cells, 1)):
+        if not is_int(v) or v < lo:
+            raise ValueError(f"{fn}: {name} must be an int >= {lo}, got {v!r}")
+    noise = _range("noise", noise, fn, 0.0, 1.0)[0]
+    device = torch.device(device) if device is not None else (generator.device if generator is not None
+                                                               else torch.device("cpu"))
+    if generator is None:
+        generator = torch.Generator(device=device).manual_seed(int(seed))
+    grid = torch.rand(batch, 1, cells + 1, cells + 1, generator=generator, device=device, dtype=torch.float32)
+    field = F.interpolate(grid, size=(height, width), mode="bicubic", align_corners=True).clamp(0, 1)
+    ramp = torch.linspace(1, 0, height, device=device, dtype=torch.float32).view(1, 1, height, 1)
+    return ((1 - noise) * ramp + noise * field).to(dtype)
+
+
+def add_haze(
+    img: torch.Tensor,
+    beta: Union[float, Tuple[float, float]] = (0.8, 1.8),
+    airlight: Union[float, Tuple[float, float]] = (0.85, 1.0),
+    depth: Optional[torch.Tensor] = None,
+    depth_noise: float = 0.35,
+    seed: int = 0,
+    generator: Optional[torch.Generator] = None,
+) -> torch.Tensor:
+    r"""Haze by the atmospheric scattering model: :math:`I = J\,t + A\,(1 - t)`, :math:`t = e^{-\beta d}`.
+
+    ``J`` is ``img`` (the clean scene), ``d`` a smooth depth in [0, 1] (:func:`synthetic_depth`: far
+    at the top, near at the bottom), ``A`` a grey airlight near white, ``beta`` the scattering
+    coefficient. Per image of the batch, ``beta`` and ``A`` are drawn uniformly from their ranges,
+    in this order, then the depth (unless given); the same seed gives the same haze.
+
+    Args:
+        img: ``(B, 3, H, W)`` or ``(3, H, W)`` in [0, 1].
+        beta: scattering coefficient >= 0, a number or a ``(low, high)`` range (default (0.8, 1.8):
+            transmission about 0.2 to 0.45 at the far top, 1 at the near bottom).
+        airlight: grey airlight ``A`` in [0, 1], a number or a range (default (0.85, 1.0)).
+        depth: ``(B, 1, H, W)``, ``(1, H, W)`` or ``(H, W)`` depth >= 0 to use instead of a random one.
+        depth_noise: ``noise`` of :func:`synthetic_depth`, in [0, 1].
+        seed: seed of the draws when no ``generator`` is given.
+        generator: a ``torch.Generator`` on ``img``'s device to draw from instead.
+
+    Returns:
+        The hazy image, the shape of ``img``, in [0, 1] (a convex combination of ``J`` and ``A``).
+
+    Example:
+        >>> import torch
+        >>> from pdl_ext.train.degradations import add_haze
+        >>> clean = torch.zeros(3, 16, 16)                    # a black scene shows the haze alone
+        >>> hazy = add_haze(clean, beta=1.0, airlight=1.0, depth=torch.ones(16, 16))
+        >>> round(hazy.mean().item(), 4)                       # 1 - exp(-1)
+        0.6321
+
+    Paper: the scattering model as used by He, Sun & Tang, "Single Image Haze Removal Using Dark
+    Channel Prior", CVPR 2009; the dehazing experiment of Talebi & Milanfar, ICCP 2018.
+    """
+    fn = "add_haze"
+    x, squeeze = _check_image(img, fn)
+    beta_r = _range("beta", beta, fn, 0.0)
+    air_r = _range("airlight", airlight, fn, 0.0, 1.0)
+    b, _, h, w = x.shape
+    if generator is None:
+        generator = torch.Generator(device=x.device).manual_seed(int(seed))
+    betas = _draw(beta_r, b, generator, x.device, torch.float32).to(x.dtype).view(b, 1, 1, 1)
+    air = _draw(air_r, b, generator, x.device, torch.float32).to(x.dtype).view(b, 1, 1, 1)
+    if depth is None:
+        d = synthetic_depth(b, h, w, noise=depth_noise, generator=generator, device=x.device, dtype=x.dtype)
+    else:
+        d = check_tensor("depth", depth, fn)
+        check_float("depth", d, fn)
+        d = d.view(1, 1, *d.shape) if d.dim() == 2 else (d.unsqueeze(0) if d.dim() == 3 else d)
+        if d.dim() != 4 or d.shape[1] != 1 or tuple(d.shape[-2:]) != (h, w) or d.shape[0] not in (1, b):
+            raise ValueError(f"{fn}: depth must be (B, 1, H, W), (1, H, W) or (H, W) matching img {tuple(img.shape)}, "
+                             f"got shape {tuple(depth.shape)}")
+        if d.numel() and d.detach().min() < 0:
+            raise ValueError(f"{fn}: depth must be >= 0, got a minimum of {d.detach().min().item():.4g}")
+        d = d.to(device=x.device, dtype=x.dtype)
+    t = torch.exp(-betas * d)
+    out = x * t + air * (1 - t)
+    return out[0] if squeeze else out
+
+
+def compress_tones(
+    img: torch.Tensor,
+    exposure: float = -1.0,
+    compression: float = 3.0,
+    local: float = 0.5,
+    sigma: float = 4.0,
+) -> torch.Tensor:
+    r"""A photograph with compressed tones, the input of the tone-mapping (enhancement) task.
+
+    Three steps, per channel:
+
+    1. exposure: :math:`x \leftarrow \min(1, 2^{e} x)` (``exposure`` e in stops; negative darkens);
+    2. a flattening global curve :math:`c(x) = x\,(1 + k) / (1 + k x)` (``compression`` k >= 0; a
+       Reinhard-type curve fixing 0 and 1, slope :math:`1 + k` at black and :math:`1/(1 + k)` at
+       white: the highlights are squeezed together);
+    3. local contrast reduced: with :math:`b` the Gaussian blur of the result (``sigma`` px, as
+       :func:`gaussian_blur`), :math:`y = b + (1 - \ell)(x - b)` (``local`` :math:`\ell` in [0, 1]:
+       the detail layer is scaled by :math:`1 - \ell`).
+
+    Args:
+        img: ``(B, 3, H, W)`` or ``(3, H, W)`` in [0, 1].
+        exposure: stops, <= 0 to stay in range (positive values are clipped at 1).
+        compression: k >= 0 (0: no curve).
+        local: :math:`\ell` in [0, 1] (0: detail kept, 1: only the blurred base left).
+        sigma: standard deviation of the base layer's blur in pixels, > 0.
+
+    Returns:
+        The compressed image, the shape of ``img``, in [0, 1]; differentiable.
+
+    Example:
+        >>> import torch
+        >>> from pdl_ext.train.degradations import compress_tones
+        >>> y = compress_tones(torch.rand(3, 32, 32), exposure=-1.0, compression=3.0, local=0.5)
+        >>> y.shape, bool(y.max() <= 0.8)                       # white lands on c(0.5) = 0.8
+        (torch.Size([3, 32, 32]), True)
+    """
+    fn = "compress_tones"
+    x, squeeze = _check_image(img, fn)
+    e = _number("exposure", exposure, fn, -math.inf)
+    k = _number("compression", compression, fn, 0.0)
+    ell = _range("local", local, fn, 0.0, 1.0)[0]
+    sigma = _number("sigma", sigma, fn, 0.0, low_inclusive=False)
+    y = (x * 2.0 ** e).clamp(max=1.0)
+    y = y * (1 + k) / (1 + k * y)
+    if ell > 0:
+        base = gaussian_blur(y, sigma)
+        y = base + (1 - ell) * (y - base)
+    return y[0] if squeeze else y
+
+
 # task -> (function, its defaults); `degrade` forwards only these keyword arguments.
 _TASK_FUNCTIONS: Dict[str, Tuple[Callable[..., torch.Tensor], Dict[str, Any]]] = {
     "denoise": (add_gaussian_noise, {"sigma": 25.0, "seed": 0, "generator": None, "clip": True}),
@@ -253,6 +438,9 @@ _TASK_FUNCTIONS: Dict[str, Tuple[Callable[..., torch.Tensor], Dict[str, Any]]] =
     "jpeg": (jpeg_compress, {"quality": 10}),
     "deblur": (gaussian_blur, {"sigma": 2.0}),
     "demosaic": (demosaic_baseline, {}),
+    "dehaze": (add_haze, {"beta": (0.8, 1.8), "airlight": (0.85, 1.0), "depth": None, "depth_noise": 0.35,
+                          "seed": 0, "generator": None}),
+    "tonemap": (compress_tones, {"exposure": -1.0, "compression": 3.0, "local": 0.5, "sigma": 4.0}),
 }
 
 
@@ -264,7 +452,10 @@ def degrade(img: torch.Tensor, task: str, **params: Any) -> torch.Tensor:
         task: ``"denoise"`` (``sigma=25`` in /255 units, ``seed=0`` or ``generator``, ``clip=True``),
             ``"sr"`` (bicubic downsampling by ``scale=4``; ``upsample(out, size=...)`` brings it back),
             ``"jpeg"`` (Pillow, ``quality=10``), ``"deblur"`` (Gaussian blur, ``sigma=2``) or
-            ``"demosaic"`` (RGGB Bayer mosaic, then bilinear demosaicking).
+            ``"demosaic"`` (RGGB Bayer mosaic, then bilinear demosaicking); the enhancement tasks
+            ``"dehaze"`` (:func:`add_haze`: ``beta=(0.8, 1.8)``, ``airlight=(0.85, 1.0)``, ``depth=None``,
+            ``depth_noise=0.35``, ``seed=0`` or ``generator``) and ``"tonemap"`` (:func:`compress_tones`:
+            ``exposure=-1``, ``compression=3``, ``local=0.5``, ``sigma=4``).
         **params: the task's parameters above; any other name is an error.
 
     Returns:

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from .degradations import add_gaussian_noise, jpeg_compress
 from .images import load_image
 from ..losses.mdf import RECEPTIVE_FIELD, ConvBlock, MDFDiscriminator, default_widths, discriminators_state_dict
+from .._checks import is_int, is_number
 
 TRAIN_TASKS = ("sr", "denoise", "jpeg")
 _PAD = (RECEPTIVE_FIELD - 1) // 2  # the generator's five unpadded convs lose 5 pixels per side
@@ -133,13 +134,13 @@ def _check_args(
     fn = "train_mdf"
     if task not in TRAIN_TASKS:
         raise ValueError(f"{fn}: task must be one of {', '.join(repr(t) for t in TRAIN_TASKS)}, got {task!r}")
-    if isinstance(iters, bool) or not isinstance(iters, int) or iters < 1:
+    if not is_int(iters) or iters < 1:
         raise ValueError(f"{fn}: iters must be a positive int, got {iters!r}")
-    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 1):
+    if scale is not None and (not is_number(scale) or not scale > 1):
         raise ValueError(f"{fn}: scale must be None or a number > 1, got {scale!r}")
-    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not sigma > 0:
+    if not is_number(sigma) or not sigma > 0:
         raise ValueError(f"{fn}: sigma must be a number > 0 (in /255 units), got {sigma!r}")
-    if isinstance(quality, bool) or not isinstance(quality, int) or not 1 <= quality <= 100:
+    if not is_int(quality) or not 1 <= quality <= 100:
         raise ValueError(f"{fn}: quality must be an int in [1, 100], got {quality!r}")
     if not isinstance(min_size, int) or min_size < RECEPTIVE_FIELD:
         raise ValueError(
@@ -198,6 +199,10 @@ def train_mdf(
         >>> MDFLoss.from_file("brick_dn.safetensors")                            # doctest: +SKIP
     """
     _check_args(task, scale, sigma, quality, iters, min_size, max_size)
+    if out is not None:  # before any training: a wrong output path must not cost the run
+        from ..io.weights import check_output_path
+
+        check_output_path(out, "train_mdf: out")
     img = load_image(image) if isinstance(image, (str, os.PathLike)) else image
     if not isinstance(img, torch.Tensor):
         raise TypeError(f"train_mdf: image must be a name, a path or a tensor, got {type(image).__name__}")
@@ -329,6 +334,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.device is not None:
+        from ..apps.cli import check_device
+
+        check_device(args.device, "--device")  # a ValueError (exit status 2), not torch's RuntimeError
+
     def report(k: int, info: Dict[str, Any]) -> None:
         if not args.quiet:
             print(f"scale {k}: {info['height']}x{info['width']} in {info['seconds']:.1f} s", flush=True)

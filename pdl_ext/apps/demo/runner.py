@@ -16,6 +16,7 @@ from ...train.degradations import TASKS
 from .report import _mean_metrics, _describe_run, center_crop, format_table, image_metrics, metrics_rows, save_grid, write_outputs, zoom_box
 from .terms import TermContext, build_term
 from .training import DEFAULT_LOSSES, TASK_PARAMS, TEST_IMAGES, TRAIN_IMAGES, ResidualRestorer, degrade_for_network, train_restorer
+from ..._checks import is_int
 
 
 @dataclass
@@ -44,25 +45,24 @@ class DemoConfig:
 
 
 def _resolve_device(device: str, local_rank: int) -> torch.device:
+    from ..cli import check_device
+
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError("demo: --device cuda was asked for but CUDA is not available")
-        if dev.index is None:
-            dev = torch.device("cuda", local_rank)
+    dev = check_device(device, "demo: --device")  # a ValueError for 'foo' or CUDA without a GPU
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", local_rank)
     return dev
 
 
 def _check_config(cfg: DemoConfig, multiple: int) -> None:
     if cfg.task not in TASKS:
         raise ValueError(f"demo: --task must be one of {', '.join(TASKS)}, got {cfg.task!r}")
-    if isinstance(cfg.threads, bool) or not isinstance(cfg.threads, int) or cfg.threads < 0:
+    if not is_int(cfg.threads) or cfg.threads < 0:
         raise ValueError(f"demo: --threads must be 0 (automatic) or a positive integer, got {cfg.threads!r}")
     for name in ("steps", "batch", "width", "blocks", "mdf_iters"):
         v = getattr(cfg, name)
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        if not is_int(v) or v < 1:
             raise ValueError(f"demo: --{name.replace('_', '-')} must be a positive integer, got {v!r}")
     if cfg.crop < 16 or cfg.crop % multiple:
         raise ValueError(f"demo: --crop must be >= 16 (and a multiple of {multiple} for this task), got {cfg.crop}")
@@ -111,6 +111,9 @@ def run_demo(config: Optional[DemoConfig] = None, *, progress: bool = True, log:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = _resolve_device(cfg.device, local_rank)
+    from ...io.weights import check_output_path
+
+    check_output_path(cfg.out, "demo: --out", directory=True)  # before any work, not after the training
     created_group = False
     if world > 1:
         import torch.distributed as dist
@@ -263,8 +266,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N (default auto)")
     parser.add_argument("--vgg-weights", default=None, help="torchvision's vgg16-397923af.pth for pdl (default: the torch hub cache)")
     parser.add_argument("--mdf-weights", default=None,
-                        help="MDF discriminators (.safetensors) for mdf (and pdl without VGG); 'train' forces a short "
-                             "training (default: the published ones beside a source checkout, else a short training)")
+                        help="MDF discriminators (.safetensors) for mdf (and pdl without VGG); 'train' trains a short "
+                             "series here (default: the published ones bundled with pdl-ext, for the task)")
     parser.add_argument("--mdf-iters", type=int, default=d.mdf_iters, help=f"iterations per scale of the short MDF training (default {d.mdf_iters})")
     parser.add_argument("--nima-weights", default=None, help="NIMA checkpoint, needed by the nima term")
     parser.add_argument("--threads", type=int, default=d.threads,
