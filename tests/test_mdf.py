@@ -17,14 +17,15 @@ from pdl_ext import reference
 from pdl_ext.apps import cli
 from pdl_ext.train.degradations import degrade
 from pdl_ext.train.images import load_image
-from pdl_ext.losses.mdf import MDFDiscriminator, MDFLoss, discriminators_from_state_dict, mdf_loss, save_discriminators
+from pdl_ext.losses.mdf import (MDFDiscriminator, MDFLoss, discriminators_from_state_dict, mdf_loss, pretrained_path,
+                                 save_discriminators)
 from pdl_ext.io.mdf_pickle import UnsafePickleError, convert_mdf
 from pdl_ext.train.mdf import pyramid_sizes, train_mdf
 
-WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "weights" / "mdf"
-needs_weights = pytest.mark.skipif(not WEIGHTS.is_dir(), reason="shared MDF weights not present")
+# The published discriminators bundled with the package (MDFLoss.from_pretrained): never absent.
+WEIGHTS = pretrained_path("sisr").parent
 
-# /work/shared/weights/mdf/README.md: figures computed with the published code (gfxdisp/mdf).
+# The weights folder's source README (shared/weights/mdf): figures computed with the published code (gfxdisp/mdf).
 FIGURES = {"SISR": (5.0480574369e-01, 3.6133703431e-01), "JPEG": (5.5720901489e-01, 2.3279891845e-01)}
 
 
@@ -78,7 +79,7 @@ def _reference_loss(x, y, state, num_scales, distance="mse", p=1):
 
 
 def _chelsea_pair():
-    skimage_data = pytest.importorskip("skimage.data")
+    import skimage.data as skimage_data  # a test dependency: the published figures must not skip
     y = torch.from_numpy(skimage_data.chelsea()[50:146, 100:196].astype(np.float64) / 255).permute(2, 0, 1)[None]
     noise = np.random.default_rng(7).normal(0, 0.05, size=tuple(y.shape))
     return (y + torch.from_numpy(noise)).clamp(0, 1), y
@@ -87,7 +88,6 @@ def _chelsea_pair():
 # ---------------------------------------------------------------- the loss
 
 
-@needs_weights
 @pytest.mark.parametrize("name", sorted(FIGURES))
 def test_reproduces_the_published_figures(name, one_thread):
     x, y = _chelsea_pair()
@@ -100,7 +100,6 @@ def test_reproduces_the_published_figures(name, one_thread):
     assert grad.norm().item() == pytest.approx(want_grad, rel=1e-6)
 
 
-@needs_weights
 def test_published_widths_are_read_from_the_tensors():
     assert MDFLoss.from_file(WEIGHTS / "Ds_SISR.safetensors").widths == [32] * 4 + [64] * 4 + [128]
     assert MDFLoss.from_file(WEIGHTS / "Ds_JPEG.safetensors").widths == [32] * 4 + [64] * 4
@@ -125,7 +124,6 @@ def test_value_and_gradient_against_a_functional_reference(distance, p, one_thre
     torch.testing.assert_close(mdf_loss(x, y, loss_fn.discriminators, 3, distance, p), want.mean())
 
 
-@needs_weights
 def test_pdl_distance_on_the_published_weights(one_thread):
     x, y = (t.float()[..., :40, :40] for t in _chelsea_pair())
     loss_fn = MDFLoss.from_file(WEIGHTS / "Ds_SISR.safetensors", distance="pdl")
@@ -428,9 +426,9 @@ def test_train_cli_writes_a_loadable_series(tmp_path, one_thread, capsys):
     with safe_open(str(out), "pt") as f:
         meta = f.metadata()
     assert meta["task"] == "jpeg" and meta["sizes"] == "24x26;27x29;30x32"
-    if WEIGHTS.is_dir():  # the key layout of the published files
-        published = {k for k in load_file(WEIGHTS / "Ds_JPEG.safetensors") if k.split(".")[0] in ("0", "1", "2")}
-        assert set(load_file(out)) == published
+    # the key layout of the published files
+    published = {k for k in load_file(WEIGHTS / "Ds_JPEG.safetensors") if k.split(".")[0] in ("0", "1", "2")}
+    assert set(load_file(out)) == published
     x = torch.rand(1, 3, 24, 24, requires_grad=True)
     loss_fn(x, torch.rand(1, 3, 24, 24)).backward()
     assert torch.isfinite(x.grad).all()

@@ -12,7 +12,9 @@ from torch import nn
 from ..loss_spec import PIXEL_TERMS
 from ...losses.pixel import pixel_loss_per_sample
 
-# The distortion a short MDF training uses for each demo task (train_mdf knows sr, denoise, jpeg).
+# The bundled published series (MDFLoss.from_pretrained) for each demo task.
+MDF_PRETRAINED = {"sr": "sisr", "deblur": "sisr", "denoise": "denoise", "demosaic": "denoise", "jpeg": "jpeg"}
+# The distortion a short MDF training (--mdf-weights train) uses for each task (train_mdf knows sr, denoise, jpeg).
 MDF_TRAIN_TASK = {"denoise": "denoise", "sr": "sr", "jpeg": "jpeg", "deblur": "sr", "demosaic": "denoise"}
 MDF_SCALES = 8  # the published loss uses the first 8 discriminators
 # The pdl fallback: the two coarsest discriminators (32 channels each) cost a CPU step little; the next
@@ -20,8 +22,6 @@ MDF_SCALES = 8  # the published loss uses the first 8 discriminators
 PDL_MDF_SCALES = 2
 MDF_TRAIN_MAX_SIZE = 64  # finest side of the short MDF training for the mdf term (5 scales)
 PDL_TRAIN_MAX_SIZE = 32  # ... and for the pdl fallback (3 scales, of which it uses 2)
-SHARED_MDF = Path(__file__).resolve().parents[4] / "shared" / "weights" / "mdf"  # a source checkout's ../shared
-
 
 
 @dataclass
@@ -61,13 +61,14 @@ def _barrier(ctx: TermContext) -> None:
 
 
 def resolve_mdf_weights(ctx: TermContext, max_size: int = MDF_TRAIN_MAX_SIZE) -> Path:
-    """The MDF discriminators' file: ``--mdf-weights``; else the published ones in ``../shared`` of a
-    source checkout; else a short MDF training on a training photograph, cached in ``--out``.
+    """The MDF discriminators' file: ``--mdf-weights PATH``; by default the published series bundled
+    with the package for the task (``MDF_PRETRAINED``: sr/deblur -> sisr, denoise/demosaic -> denoise,
+    jpeg -> jpeg; ``MDFLoss.from_pretrained``); with ``--mdf-weights train`` a short MDF training on a
+    training photograph, cached in ``--out``.
 
     ``max_size`` is the finest pyramid side of a short training: the pdl fallback needs only the two
     coarsest discriminators, so it trains a 3-scale pyramid (<= 32 px) in seconds; the mdf term
-    trains up to 64 px. A series already resolved in this run is reused. ``--mdf-weights train``
-    skips the given and published files and trains (or reuses the cached training).
+    trains up to 64 px. A series already resolved in this run is reused.
     """
     if ctx._mdf_path is not None:
         return ctx._mdf_path
@@ -77,27 +78,36 @@ def resolve_mdf_weights(ctx: TermContext, max_size: int = MDF_TRAIN_MAX_SIZE) ->
         if not path.is_file():
             raise FileNotFoundError(
                 f"--mdf-weights {given!r}: no such file. Give a .safetensors discriminator series (the published "
-                "ones convert with `pdl-ext convert-mdf`, or train one with `pdl-ext train-mdf`), or leave the "
-                "option out to train a short MDF loss here"
+                "ones convert with `pdl-ext convert-mdf`, or train one with `pdl-ext train-mdf`), leave the "
+                "option out for the published ones bundled with pdl-ext, or give 'train' to train a short MDF loss here"
             )
         ctx.log(f"mdf: discriminators from {path}")
         ctx.notes.append(f"MDF discriminators: {path.name} (--mdf-weights)")
         ctx._mdf_path = path
         return path
-    shared = SHARED_MDF / ("Ds_JPEG.safetensors" if ctx.task == "jpeg" else "Ds_SISR.safetensors")
-    if given is None and shared.is_file():
-        ctx.log(f"mdf: using the published MDF discriminators found beside this checkout: {shared}")
-        ctx.notes.append(f"MDF discriminators: the published {shared.name} (Mustafa et al. 2022)")
-        ctx._mdf_path = shared
-        return shared
+    if given is None:
+        from ...losses.mdf import pretrained_path
+
+        # a task without a published series of its own gets the SISR one (the authors' general series)
+        series = MDF_PRETRAINED.get(ctx.task, "sisr")
+        which = f"series {series!r}" if ctx.task in MDF_PRETRAINED else f"series {series!r} (none published for {ctx.task})"
+        path = pretrained_path(series)
+        ctx.log(f"mdf: the published MDF discriminators (Mustafa et al. 2022, bundled): "
+                f"MDFLoss.from_pretrained({series!r}), {path.name}")
+        ctx.notes.append(f"MDF discriminators: the published discriminators (Mustafa et al. 2022, bundled), "
+                         f"{which} ({path.name})")
+        ctx._mdf_path = path
+        return path
+    if ctx.task not in MDF_TRAIN_TASK:
+        raise ValueError(f"--mdf-weights train: no MDF training distortion for --task {ctx.task} (known: "
+                         f"{', '.join(MDF_TRAIN_TASK)}); give --mdf-weights PATH, or leave it out for the published ones")
     mdf_task = MDF_TRAIN_TASK[ctx.task]
     cache = ctx.out / f"mdf_{mdf_task}_{ctx.mdf_image}_{max_size}px_{ctx.mdf_iters}it_seed{ctx.seed}.safetensors"
     if cache.is_file():
         ctx.log(f"mdf: reusing the short MDF training cached in {cache}")
     else:
-        why = "--mdf-weights train" if given == "train" else "no MDF weights given (--mdf-weights) or found beside the checkout"
         ctx.log(
-            f"mdf: {why}; training a short MDF loss "
+            f"mdf: --mdf-weights train; training a short MDF loss "
             f"first ({mdf_task} on '{ctx.mdf_image}' up to {max_size} px, {ctx.mdf_iters} iterations per scale; "
             f"cached as {cache}). The paper trains 2000 iterations per scale up to 250 px: `pdl-ext train-mdf`."
         )
