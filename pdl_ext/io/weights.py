@@ -2,15 +2,23 @@
 
 `.pth`/`.pt` checkpoints go through ``torch.load(..., weights_only=True)`` (tensors and plain
 containers only); `.safetensors` files through `safetensors`. Every error names the file and says
-what was expected.
+what was expected; what the file holds is quoted only in bounded form (``short``), so a crafted
+object (deep or self-sharing containers) can neither hang nor flood the message.
+
+A zip archive (the format of ``torch.save``) is checked against its central directory before torch
+reads it: all its entries together may inflate to at most ``MAX_INFLATION`` times the file's size
+(plus 1 MiB) and never more than ``MAX_ARCHIVE_BYTES``, so a zip bomb is refused before anything is
+inflated. Raise the module constants to load a larger (or compressed) checkpoint on purpose.
 """
 from __future__ import annotations
 
 import os
 import pickle
+import reprlib
+import tempfile
 import zipfile
 from pathlib import Path
-from typing import Dict, Iterable, Mapping, Optional, Union
+from typing import Dict, Iterable, List, Mapping, NamedTuple, Optional, Tuple, Union
 
 import torch
 
@@ -20,6 +28,95 @@ _TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".tar")
 _SAFETENSORS_SUFFIXES = (".safetensors",)
 # Wrappers used by common training scripts around the state dict itself.
 _WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "params")
+
+# What a zip archive of weights may inflate to, all entries together: at most MAX_INFLATION times the
+# file's size (plus _INFLATION_SLACK for tiny files) and never more than MAX_ARCHIVE_BYTES. torch.save
+# stores its entries uncompressed (ratio 1); a zip bomb inflates thousands of times.
+MAX_ARCHIVE_BYTES = 4 << 30
+MAX_INFLATION = 16
+_INFLATION_SLACK = 1 << 20
+
+
+class _BoundedRepr(reprlib.Repr):
+    def __init__(self) -> None:
+        super().__init__()
+        self.maxlevel = 3
+        self.maxtuple = self.maxlist = self.maxarray = self.maxdict = 6
+        self.maxset = self.maxfrozenset = self.maxdeque = 6
+        self.maxstring, self.maxlong, self.maxother = 80, 40, 80
+
+    def repr1(self, x: object, level: int) -> str:
+        if isinstance(x, torch.Tensor):  # never print a (possibly crafted, huge) tensor's values
+            return f"tensor(shape={tuple(x.shape)}, dtype={x.dtype})"
+        return super().repr1(x, level)
+
+
+_REPR = _BoundedRepr()
+
+
+def short(obj: object, limit: int = 200) -> str:
+    """A bounded ``repr`` of ``obj`` for error messages: containers cut after a few items and 3 levels,
+    the whole at most ``limit`` characters. Safe on deep, self-sharing or recursive containers.
+
+    Example:
+        >>> a = []
+        >>> for _ in range(40): a = [a, a]
+        >>> short(a)
+        '[[[[...], [...]], [[...], [...]]], [[[...], [...]], [[...], [...]]]]'
+    """
+    try:
+        text = _REPR.repr(obj)
+    except Exception:  # a stand-in whose repr fails: its type is enough
+        text = f"<{type(obj).__name__}>"
+    return text if len(text) <= limit else text[: max(limit - 3, 0)] + "..."
+
+
+def short_text(text: str, limit: int = 300) -> str:
+    """``text`` on one line, cut to ``limit`` characters (for quoting another error's message)."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: max(limit - 3, 0)] + "..."
+
+
+def zip_size_problem(zf: zipfile.ZipFile, archive_bytes: int) -> Optional[str]:
+    """What is wrong with the sizes a zip archive's central directory declares, or None.
+
+    Refuses a stored entry claiming more (or fewer) bytes than it occupies, and entries inflating, all
+    together, to more than ``min(MAX_ARCHIVE_BYTES, MAX_INFLATION * archive_bytes + 1 MiB)``. Nothing
+    is inflated. The text continues a sentence whose subject is the file (``"<file> inflates to ..."``).
+    """
+    infos = zf.infolist()
+    for info in infos:
+        if info.compress_type == zipfile.ZIP_STORED and info.file_size != info.compress_size:
+            return (f"has a stored (uncompressed) entry {short(info.filename, 80)} of {info.compress_size} bytes "
+                    f"that claims {info.file_size} bytes (corrupted or crafted); refused before reading it")
+    total = sum(info.file_size for info in infos)
+    cap = min(MAX_ARCHIVE_BYTES, MAX_INFLATION * archive_bytes + _INFLATION_SLACK)
+    if total > cap:
+        big = max(infos, key=lambda info: info.file_size)
+        return (f"inflates to {total} bytes ({len(infos)} entries; the largest, {short(big.filename, 80)}, "
+                f"{big.file_size} bytes from {big.compress_size}), more than the {cap} bytes allowed for an "
+                f"archive of {archive_bytes} bytes (at most {MAX_INFLATION}x its size plus 1 MiB, and "
+                f"pdl_ext.io.weights.MAX_ARCHIVE_BYTES = {MAX_ARCHIVE_BYTES}); refused before inflating "
+                f"anything (a zip bomb?)")
+    return None
+
+
+def _check_torch_zip(path: Path) -> None:
+    """Refuses a zip whose entries would inflate beyond the caps, before torch.load inflates anything."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head != b"PK\x03\x04" and not zipfile.is_zipfile(path):
+        return  # not a zip (torch.load tells a legacy file from a zip by these bytes)
+    try:
+        with zipfile.ZipFile(path) as zf:
+            problem = zip_size_problem(zf, path.stat().st_size)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError, NotImplementedError) as e:
+        raise ValueError(
+            f"load_state_dict: {path} is not a readable PyTorch checkpoint (truncated or corrupted download?); "
+            f"its zip directory cannot be read. Details: {short_text(e)}"
+        ) from None
+    if problem:
+        raise ValueError(f"load_state_dict: {path} {problem}")
 
 
 def _sniff(path: Path) -> Optional[str]:
@@ -35,6 +132,7 @@ def _sniff(path: Path) -> Optional[str]:
 
 
 def _load_torch(path: Path) -> object:
+    _check_torch_zip(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -51,7 +149,25 @@ def _load_torch(path: Path) -> object:
 
 
 def _first_line(e: BaseException) -> str:
-    return (str(e).splitlines() or [type(e).__name__])[0]
+    return short_text((str(e).splitlines() or [type(e).__name__])[0])
+
+
+class Layout(NamedTuple):
+    """How a state dict differs from the expected layout: key lists and (key, expected, got) shapes."""
+
+    missing: List[str]
+    unexpected: List[str]
+    wrong_shapes: List[Tuple[str, Tuple[int, ...], Tuple[int, ...]]]
+
+
+def compare_layout(sd: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor]) -> Layout:
+    """The one state-dict layout check (VGG, NIMA and MDF loaders): keys missing from ``sd``, keys
+    ``sd`` has beyond ``expected``, and tensors present in both whose shapes differ. Each caller words
+    its error (and may ignore ``unexpected``, as VGG does for ``classifier.*``)."""
+    missing = [k for k in expected if k not in sd]
+    unexpected = sorted(k for k in sd if k not in expected)
+    wrong = [(k, tuple(v.shape), tuple(sd[k].shape)) for k, v in expected.items() if k in sd and sd[k].shape != v.shape]
+    return Layout(missing, unexpected, wrong)
 
 
 def check_float_tensors(sd: Dict[str, torch.Tensor], keys, fn: str, source: object) -> None:
@@ -70,8 +186,13 @@ def _load_safetensors(path: Path) -> Dict[str, torch.Tensor]:
     except (SafetensorError, OSError, ValueError) as e:
         raise ValueError(
             f"load_state_dict: {path} is not a readable safetensors file (truncated or corrupted?); "
-            f"expected a file written by safetensors.torch.save_file. Details: {e}"
+            f"expected a file written by safetensors.torch.save_file. Details: {short_text(e)}"
         ) from None
+
+
+def _key_text(key: object) -> str:
+    text = key if isinstance(key, str) else short(key, 60)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _unwrap(obj: object, path: Path) -> Dict[str, torch.Tensor]:
@@ -87,7 +208,7 @@ def _unwrap(obj: object, path: Path) -> Dict[str, torch.Tensor]:
     if not sd:
         raise ValueError(
             f"load_state_dict: {path} holds no tensors; expected a state dict (name -> tensor), "
-            f"possibly under 'state_dict' or 'model'; top-level keys: {sorted(map(str, obj))[:10]}"
+            f"possibly under 'state_dict' or 'model'; top-level keys: {sorted(map(_key_text, obj))[:10]}"
         )
     # Checkpoints of DataParallel/DDP-wrapped models prefix every key with "module.".
     if all(k.startswith("module.") for k in sd):
@@ -183,6 +304,62 @@ def save_state_dict(
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+    return path
+
+
+def _output_error(e: OSError, message: str) -> OSError:
+    # keep the documented user-error kinds; anything else (read-only file system, ...) is a PermissionError
+    if isinstance(e, FileExistsError):
+        return NotADirectoryError(message)
+    if isinstance(e, (FileNotFoundError, PermissionError, NotADirectoryError, IsADirectoryError)):
+        return type(e)(message)
+    return PermissionError(message)
+
+
+def check_output_path(path: PathLike, what: str, *, directory: bool = False) -> Path:
+    """Checks, before any work, that an output can be written: creates its folder and writes (then
+    removes) a probe file there. Every command and function that writes calls this first, so a wrong
+    path fails at once rather than after the work.
+
+    Args:
+        path: the file to write, or with ``directory=True`` the folder to write into.
+        what: how the caller names it in the message, e.g. ``"--out"`` or ``"train_mdf: out"``.
+        directory: ``path`` is a folder (created if missing) rather than a file.
+
+    Returns:
+        ``path`` as a ``Path`` (``~`` expanded).
+
+    Raises:
+        NotADirectoryError, IsADirectoryError, FileNotFoundError, PermissionError: the path cannot be
+        written; the message names ``what``, the path and the reason.
+
+    Example:
+        >>> import tempfile, os
+        >>> check_output_path(os.path.join(tempfile.mkdtemp(), "sub", "w.safetensors"), "--out").name
+        'w.safetensors'
+    """
+    path = Path(path).expanduser()
+    where = f"{what} {str(path)!r}"
+    folder = path if directory else path.parent
+    if directory and path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"{where}: exists and is not a directory")
+    if not directory and path.is_dir():
+        raise IsADirectoryError(f"{where}: is a directory; expected a file name")
+    blocker = next((p for p in (folder, *folder.parents) if p.exists() or p.is_symlink()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise NotADirectoryError(f"{where}: {str(blocker)!r} is a file, not a directory")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise _output_error(e, f"{where}: cannot create the directory {str(folder)!r} ({e.strerror or e})") from None
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".pdl-ext-probe-", dir=folder)
+        os.close(fd)
+        os.remove(probe)
+    except OSError as e:
+        raise _output_error(e, f"{where}: cannot write in {str(folder)!r} ({e.strerror or e})") from None
+    if not directory and path.exists() and not os.access(path, os.W_OK):
+        raise PermissionError(f"{where}: the file exists and is not writable")
     return path
 
 

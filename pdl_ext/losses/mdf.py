@@ -18,7 +18,7 @@ import torch.nn as nn
 
 from .._checks import check_images, check_p, check_reduction, is_int, reduce
 from ..projection import projected_distance
-from ..io.weights import check_float_tensors
+from ..io.weights import check_float_tensors, compare_layout, save_state_dict
 
 # Five unpadded 3x3 convolutions: an output pixel sees 11x11 input pixels.
 RECEPTIVE_FIELD = 11
@@ -89,10 +89,8 @@ def discriminators_state_dict(discriminators: Iterable[nn.Module]) -> Dict[str, 
 
 
 def save_discriminators(discriminators: Iterable[nn.Module], path: Union[str, os.PathLike]) -> None:
-    """Writes a discriminator series as safetensors, loadable by ``MDFLoss.from_file``."""
-    from safetensors.torch import save_file
-
-    save_file(discriminators_state_dict(discriminators), str(path))
+    """Writes a discriminator series as safetensors (atomically), loadable by ``MDFLoss.from_file``."""
+    save_state_dict(discriminators_state_dict(discriminators), path)
 
 
 def pretrained_path(name: str) -> Path:
@@ -136,19 +134,15 @@ def discriminators_from_state_dict(
         sub = {key[len(f"{k}."):]: t for key, t in state.items() if key.startswith(f"{k}.")}
         with torch.device("meta"):  # the expected shapes and dtypes, without allocating the weights
             expected = MDFDiscriminator(width).state_dict()
-        missing = sorted(set(expected) - set(sub))
-        unexpected = sorted(set(sub) - set(expected))
+        layout = compare_layout(sub, expected)
+        missing, unexpected = sorted(layout.missing), layout.unexpected
         if missing or unexpected:
             raise ValueError(
                 f"{where} discriminator {k} does not have the MDF layout: "
                 f"missing {missing[:4]}, unexpected {unexpected[:4]}"
             )
-        for name, t in sub.items():
-            if t.shape != expected[name].shape:
-                raise ValueError(
-                    f"{where} {k}.{name} must have shape {tuple(expected[name].shape)} (width {width}), "
-                    f"got {tuple(t.shape)}"
-                )
+        for name, want, got in layout.wrong_shapes[:1]:
+            raise ValueError(f"{where} {k}.{name} must have shape {want} (width {width}), got {got}")
         floats = [f"{k}.{n}" for n, t in expected.items() if t.is_floating_point()]
         check_float_tensors(state, floats, fn, "the state dict" if source is None else source)
         widths.append(width)

@@ -15,7 +15,7 @@ from torch import nn
 from .._checks import check_float, check_images, check_reduction, check_same_dtype_device, check_tensor, is_int, is_number, reduce
 from .pixel import PIXEL_LOSSES, pixel_loss_per_sample
 from .vgg import VGGFeatures
-from ..io.weights import check_float_tensors, load_state_dict
+from ..io.weights import check_float_tensors, compare_layout, load_state_dict
 
 
 def _check_histograms(x: object, name: str, fn: str) -> torch.Tensor:
@@ -246,16 +246,15 @@ class NIMA(nn.Module):
         """Loads a whole NIMA state dict (backbone and head) from `.safetensors` or a `.pth` file."""
         sd = load_state_dict(weights)
         own = self.state_dict()
-        missing = sorted(set(own) - set(sd))
-        unexpected = sorted(set(sd) - set(own))
+        layout = compare_layout(sd, own)
+        missing, unexpected = sorted(layout.missing), layout.unexpected
         if missing or unexpected:
             raise ValueError(
                 f"NIMA: {weights} does not match this model ({self.backbone_name}, {self.num_bins} bins): "
                 f"missing {missing[:6]}{' ...' if len(missing) > 6 else ''}, "
                 f"unexpected {unexpected[:6]}{' ...' if len(unexpected) > 6 else ''}"
             )
-        wrong = [f"{k}: expected {tuple(v.shape)}, got {tuple(sd[k].shape)}" for k, v in own.items()
-                 if sd[k].shape != v.shape]
+        wrong = [f"{k}: expected {e}, got {g}" for k, e, g in layout.wrong_shapes]
         if wrong:
             raise ValueError(f"NIMA: {weights} has wrongly shaped tensors: {wrong[:4]}")
         check_float_tensors(sd, [k for k, v in own.items() if v.is_floating_point()], "NIMA", weights)

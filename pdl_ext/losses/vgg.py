@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from .._checks import check_images
-from ..io.weights import check_float_tensors, find_in_hub_cache, hub_checkpoint_dir, load_state_dict
+from ..io.weights import check_float_tensors, compare_layout, find_in_hub_cache, hub_checkpoint_dir, load_state_dict
 
 # Output channels of each conv; "M" is a 2x2 max pool (torchvision's configurations "D" and "E").
 _CONFIGS: Dict[str, Tuple[Union[int, str], ...]] = {
@@ -186,7 +186,8 @@ class VGGFeatures(nn.Module):
         source = str(weights) if not isinstance(weights, dict) else "the given state dict"
         sd = load_state_dict(weights) if not isinstance(weights, dict) else weights
         own = self.features.state_dict()
-        missing = [f"features.{k}" for k in own if f"features.{k}" not in sd]
+        layout = compare_layout(sd, {f"features.{k}": v for k, v in own.items()})
+        missing = layout.missing
         if missing:
             conv_keys = {int(k.split(".")[1]) for k in sd if re.fullmatch(r"features\.\d+\.weight", k)}
             other = [a for a in _CONFIGS if a != self.arch and conv_keys == {i for i, _ in _conv_indices(a)}]
@@ -195,11 +196,7 @@ class VGGFeatures(nn.Module):
                 f"VGGFeatures: {source} lacks {len(missing)} tensor(s) of {self.arch} features{hint}: "
                 f"{missing[:8]}{' ...' if len(missing) > 8 else ''}; expected torchvision's features.N.weight/bias keys"
             )
-        wrong = [
-            f"features.{k}: expected {tuple(v.shape)}, got {tuple(sd['features.' + k].shape)}"
-            for k, v in own.items()
-            if sd[f"features.{k}"].shape != v.shape
-        ]
+        wrong = [f"{k}: expected {e}, got {g}" for k, e, g in layout.wrong_shapes]
         if wrong:
             raise ValueError(f"VGGFeatures: {source} has wrongly shaped {self.arch} tensors: {wrong[:4]}")
         check_float_tensors(sd, [f"features.{k}" for k in own], "VGGFeatures", source)

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from .degradations import add_gaussian_noise, jpeg_compress
 from .images import load_image
+from ..io.weights import save_state_dict
 from ..losses.mdf import RECEPTIVE_FIELD, ConvBlock, MDFDiscriminator, default_widths, discriminators_state_dict
 from .._checks import is_int, is_number
 
@@ -306,11 +307,9 @@ def train_mdf(
 
     state = discriminators_state_dict(critics)
     if out is not None:
-        from safetensors.torch import save_file
-
         meta = {"task": task, "iters": str(iters), "sizes": ";".join(f"{h}x{w}" for h, w in sizes),
                 "scale": str(scale), "sigma": str(sigma), "quality": str(quality), "seed": str(seed)}
-        save_file(state, str(out), metadata=meta)
+        save_state_dict(state, out, metadata=meta)
     return state
 
 
