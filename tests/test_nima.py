@@ -307,17 +307,17 @@ def test_nima_loss_value_against_direct_formula():
     fids = {"l1": d.abs().mean((1, 2, 3)), "l2": (d ** 2).mean((1, 2, 3)),
             "charbonnier": torch.sqrt(d ** 2 + 1e-6).mean((1, 2, 3))}
     for name, fid in fids.items():
-        loss = NIMALoss(nima, weight=0.3, fidelity=name, reduction="none")
+        loss = NIMALoss(nima, weight=0.3, pixel_loss=name, reduction="none")
         torch.testing.assert_close(loss(out, ref), fid + 0.3 * penalty)
-    torch.testing.assert_close(NIMALoss(nima, weight=2.0, fidelity=None)(out), (2.0 * penalty).mean())
-    torch.testing.assert_close(NIMALoss(nima, weight=1.0, fidelity=None, max_score=8.0, reduction="sum")(out),
+    torch.testing.assert_close(NIMALoss(nima, weight=2.0, pixel_loss=None)(out), (2.0 * penalty).mean())
+    torch.testing.assert_close(NIMALoss(nima, weight=1.0, pixel_loss=None, max_score=8.0, reduction="sum")(out),
                                ((8 - s) / 7).sum())
 
 
 def test_following_nima_loss_gradient_increases_the_score(one_thread):
     torch.manual_seed(0)
     nima = NIMA(TinyBackbone(), dropout=0.75)  # dropout must be switched off by the loss
-    loss_fn = NIMALoss(nima, weight=1.0, fidelity=None)
+    loss_fn = NIMALoss(nima, weight=1.0, pixel_loss=None)
     loss_fn.train()
     assert not nima.training and not any(p.requires_grad for p in nima.parameters())
     x = torch.rand(2, 3, 24, 24, generator=torch.Generator().manual_seed(3))
@@ -337,7 +337,7 @@ def test_following_nima_loss_gradient_increases_the_score(one_thread):
 
 def test_nima_loss_gradients_reach_output_only_and_errors():
     nima = NIMA(TinyBackbone(), dropout=0.0)
-    loss_fn = NIMALoss(nima, fidelity="l2")
+    loss_fn = NIMALoss(nima, pixel_loss="l2")
     out = torch.rand(1, 3, 16, 16, requires_grad=True)
     ref = torch.rand(1, 3, 16, 16)
     loss_fn(out, ref).backward()
@@ -348,7 +348,9 @@ def test_nima_loss_gradients_reach_output_only_and_errors():
         loss_fn(torch.rand(1, 1, 16, 16), ref)
     with pytest.raises(ValueError, match="target must have the shape of output"):
         loss_fn(out, torch.rand(1, 3, 8, 8))
-    with pytest.raises(ValueError, match="fidelity must be"):
+    with pytest.raises(ValueError, match="pixel_loss must be"):
+        NIMALoss(nima, pixel_loss="ssim")
+    with pytest.warns(DeprecationWarning, match="use pixel_loss="), pytest.raises(ValueError, match="fidelity must be"):
         NIMALoss(nima, fidelity="ssim")
     with pytest.raises(ValueError, match="max_score must be > 1"):
         NIMALoss(nima, max_score=1)
@@ -553,3 +555,13 @@ def test_ddp_two_processes_match_one(tmp_path, one_thread):
         torch.testing.assert_close(two[k], one[k], rtol=1e-4, atol=1e-5, msg=k)
         moved = max(moved, (one[k] - init[k]).abs().max().item())
     assert moved > 1e-3  # training did change the weights
+
+
+def test_nima_loss_old_fidelity_name_still_works_with_a_warning():
+    nima = NIMA(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()), dropout=0.0)
+    out, ref = torch.rand(2, 3, 12, 12), torch.rand(2, 3, 12, 12)
+    with pytest.warns(DeprecationWarning, match="fidelity= is deprecated"):
+        old = NIMALoss(nima, weight=0.3, fidelity="l2", reduction="none")
+    new = NIMALoss(nima, weight=0.3, pixel_loss="l2", reduction="none")
+    assert old.pixel_loss == old.fidelity == "l2"
+    torch.testing.assert_close(old(out, ref), new(out, ref))

@@ -6,8 +6,9 @@ training loss of an enhancement operator).
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 import torch
 from torch import nn
@@ -286,6 +287,9 @@ class NIMA(nn.Module):
 _FIDELITIES = PIXEL_LOSSES
 
 
+_UNSET: Any = object()  # marks an argument that was not passed
+
+
 class NIMALoss(nn.Module):
     r"""Fidelity to the reference plus NIMA's aesthetic penalty (Learned Perceptual Image Enhancement).
 
@@ -299,14 +303,14 @@ class NIMALoss(nn.Module):
     aesthetics and PDL the only one that sees its features::
 
         pdl = PDLLoss(pixel_loss="l1")                            # fidelity + feature distributions
-        aesthetic = NIMALoss(nima, weight=0.1, fidelity=None)     # penalty term only, no second fidelity
+        aesthetic = NIMALoss(nima, weight=0.1, pixel_loss=None)   # penalty term only, no second pixel term
         loss = pdl(out, ref) + aesthetic(out)
 
     Args:
         nima: a trained :class:`NIMA` (or any module mapping ``(B, 3, H, W)`` to ``(B, K)`` probabilities).
         weight: w, the penalty's weight. 0.1 is a starting point, not a value from the paper, which
             tunes it per operator; raise it until the scores improve without visible artifacts.
-        fidelity: ``"l1"``, ``"l2"`` (mean squared error), ``"charbonnier"``
+        pixel_loss: ``"l1"``, ``"l2"`` (mean squared error), ``"charbonnier"``
             (:math:`\sqrt{d^2 + \epsilon^2}`, ``eps=1e-3``) per sample over ``(C, H, W)``, or None for
             the penalty alone (then ``target`` may be omitted).
         max_score: :math:`s_{max}`, the best score; default ``num_bins`` of NIMA (10).
@@ -318,7 +322,7 @@ class NIMALoss(nn.Module):
 
     Example:
         >>> nima = NIMA(nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU()), dropout=0.0)
-        >>> loss_fn = NIMALoss(nima, weight=0.1, fidelity="l1")
+        >>> loss_fn = NIMALoss(nima, weight=0.1, pixel_loss="l1")
         >>> out = torch.rand(2, 3, 16, 16, requires_grad=True)
         >>> loss_fn(out, torch.rand(2, 3, 16, 16)).backward()
         >>> out.grad.shape
@@ -331,26 +335,38 @@ class NIMALoss(nn.Module):
         self,
         nima: nn.Module,
         weight: float = 0.1,
-        fidelity: Optional[str] = "l1",
+        pixel_loss: Optional[str] = "l1",
         max_score: Optional[float] = None,
         reduction: str = "mean",
         eps: float = 1e-3,
+        *,
+        fidelity: Any = _UNSET,
     ) -> None:
         super().__init__()
+        arg = "pixel_loss"
+        if fidelity is not _UNSET:  # the old name of pixel_loss
+            warnings.warn("NIMALoss: fidelity= is deprecated; use pixel_loss= (the name PDLLoss uses)",
+                          DeprecationWarning, stacklevel=2)
+            pixel_loss, arg = fidelity, "fidelity"
         if not isinstance(nima, nn.Module):
             raise TypeError(f"NIMALoss: nima must be an nn.Module (a NIMA), got {type(nima).__name__}")
-        if fidelity is not None and fidelity not in _FIDELITIES:
-            raise ValueError(f"NIMALoss: fidelity must be 'l1', 'l2', 'charbonnier' or None, got {fidelity!r}")
+        if pixel_loss is not None and pixel_loss not in _FIDELITIES:
+            raise ValueError(f"NIMALoss: {arg} must be 'l1', 'l2', 'charbonnier' or None, got {pixel_loss!r}")
         if max_score is None:
             max_score = float(getattr(nima, "num_bins", 10))
         if not float(max_score) > 1:
             raise ValueError(f"NIMALoss: max_score must be > 1, got {max_score!r}")
         self.nima = nima.requires_grad_(False).eval()
         self.weight = float(weight)
-        self.fidelity = fidelity
+        self.pixel_loss = pixel_loss
         self.max_score = float(max_score)
         self.reduction = check_reduction(reduction, "NIMALoss")
         self.eps = float(eps)
+
+    @property
+    def fidelity(self) -> Optional[str]:
+        """Deprecated name of :attr:`pixel_loss`."""
+        return self.pixel_loss
 
     def train(self, mode: bool = True) -> "NIMALoss":
         super().train(mode)
@@ -365,17 +381,17 @@ class NIMALoss(nn.Module):
         fn = "NIMALoss"
         check_images(fn, output, names=("output", "target"), channels=3)
         loss = self.weight * self.score_penalty(output)
-        if self.fidelity is not None:
+        if self.pixel_loss is not None:
             if target is None:
-                raise ValueError(f"{fn}: target is required with fidelity={self.fidelity!r} (or use fidelity=None)")
+                raise ValueError(f"{fn}: target is required with pixel_loss={self.pixel_loss!r} (or use pixel_loss=None)")
             target = check_tensor("target", target, fn)
             if target.shape != output.shape:
                 raise ValueError(f"{fn}: target must have the shape of output {tuple(output.shape)}, "
                                  f"got {tuple(target.shape)}")
             check_same_dtype_device(output, target, fn, ("output", "target"))
-            loss = pixel_loss_per_sample(output, target, self.fidelity, self.eps).to(loss.dtype) + loss
+            loss = pixel_loss_per_sample(output, target, self.pixel_loss, self.eps).to(loss.dtype) + loss
         return reduce(loss, self.reduction)
 
     def extra_repr(self) -> str:
-        return (f"weight={self.weight}, fidelity={self.fidelity!r}, max_score={self.max_score}, "
+        return (f"weight={self.weight}, pixel_loss={self.pixel_loss!r}, max_score={self.max_score}, "
                 f"reduction={self.reduction!r}")
