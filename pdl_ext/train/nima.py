@@ -9,6 +9,7 @@ Command line (``pdl-ext train-nima``)::
 
     pdl-ext train-nima --ratings AVA.txt --images AVA/images --backbone vgg16 --epochs 10 --out nima.safetensors
     torchrun --nproc_per_node=4 -m pdl_ext train-nima --ratings AVA.txt --images AVA/images --out nima.safetensors
+    pdl-ext train-nima --synthetic --out nima_synth.safetensors    # offline: see pdl_ext.train.synthetic_ratings
 
 Under ``torchrun`` each process trains on its shard (``DistributedSampler``) with DDP (NCCL on GPUs,
 gloo on CPUs); ``--batch-size`` is the global batch, split across processes, so one process and N
@@ -32,6 +33,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
+from .distributed import join_process_group, launched_world_size, leave_process_group, local_rank
 from ..losses.nima import NIMA, emd_loss, mean_score
 from ..io.weights import save_state_dict
 
@@ -299,20 +301,15 @@ class NIMATrainResult:
 
 def _distributed_setup(device: Optional[str]) -> Tuple[int, int, torch.device, bool]:
     """(rank, world size, device, whether we created the process group)."""
-    owned = False
-    if dist.is_available() and not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        dist.init_process_group("nccl" if torch.cuda.is_available() and device != "cpu" else "gloo")
-        owned = True
-    distributed = dist.is_available() and dist.is_initialized()
-    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
     if device is not None:
         dev = torch.device(device)
     elif torch.cuda.is_available():
-        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) if distributed else torch.cuda.current_device())
+        dev = torch.device("cuda", local_rank() if launched_world_size() > 1 else torch.cuda.current_device())
     else:
         dev = torch.device("cpu")
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
+    rank, world, owned = join_process_group(dev)
     return rank, world, dev, owned
 
 
@@ -513,15 +510,23 @@ def train_nima(
             dist.barrier()  # the checkpoint is complete before any process returns
         return result
     finally:
-        if owned:
-            dist.destroy_process_group()
+        leave_process_group(owned)
 
 
 # ---------------------------------------------------------------- command line
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--ratings", required=True, help="AVA.txt or a CSV (path,c1..c10 or path,mean,std)")
+    parser.add_argument("--ratings", help="AVA.txt or a CSV (path,c1..c10 or path,mean,std); or --synthetic")
+    synth = parser.add_argument_group("offline synthetic ratings (instead of --ratings; pdl_ext.train.synthetic_ratings)")
+    synth.add_argument("--synthetic", action="store_true",
+                       help="rate crops of the bundled photographs by known degradation strengths (haze, tone, noise, "
+                            "blur, JPEG) and train a small NIMA on them; uses --seed, --device, --out, --no-progress")
+    synth.add_argument("--synthetic-role", choices=("loss", "judge"), default="loss",
+                       help="which disjoint set of photographs (and default seed: 0 / 1) to use (default loss)")
+    synth.add_argument("--synthetic-photos", help="comma-separated bundled names or files instead of the role's")
+    synth.add_argument("--synthetic-count", type=int, default=1200, help="training crops (held-out: a quarter as many)")
+    synth.add_argument("--synthetic-epochs", type=int, default=16)
     parser.add_argument("--images", help="image directory (AVA: <id>.jpg; CSV: base of relative paths)")
     parser.add_argument("--format", dest="fmt", default="auto", choices=("auto", "ava", "csv"))
     parser.add_argument("--val-ratings", help="held-out ratings file (default: a seeded split of --ratings)")
@@ -544,7 +549,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resize", type=int, default=256)
     parser.add_argument("--crop", type=int, default=224)
     parser.add_argument("--no-hflip", action="store_true")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=None, help="default 0 (--synthetic: the role's seed)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: this process's GPU, else CPU)")
     parser.add_argument("--threshold", type=float, default=5.0, help="score of the binary accuracy")
@@ -566,12 +571,32 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> NIMATrainResult:
+    if args.synthetic:
+        return _run_synthetic(args)
+    if args.ratings is None:
+        raise ValueError("give --ratings FILE (AVA.txt or a CSV), or --synthetic for the offline synthetic ratings")
     return train_nima(
         args.ratings, args.images, backbone=args.backbone, num_bins=args.num_bins, dropout=args.dropout,
         weights=args.weights, backbone_weights=args.backbone_weights, pretrained_backbone=not args.no_pretrained,
         download=args.download, fmt=args.fmt, val_ratings=args.val_ratings, val_fraction=args.val_fraction,
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, backbone_lr_factor=args.backbone_lr_factor,
         head_only_epochs=args.head_only_epochs, optimizer=args.optimizer, weight_decay=args.weight_decay,
-        resize=args.resize, crop=args.crop, hflip=not args.no_hflip, seed=args.seed, workers=args.workers,
+        resize=args.resize, crop=args.crop, hflip=not args.no_hflip, seed=0 if args.seed is None else args.seed,
+        workers=args.workers,
         device=args.device, out=args.out, threshold=args.threshold, progress=not args.no_progress,
     )
+
+
+def _run_synthetic(args: argparse.Namespace) -> NIMATrainResult:
+    """``train-nima --synthetic``: :func:`pdl_ext.train.synthetic_ratings.train_synthetic_nima`."""
+    from .synthetic_ratings import train_synthetic_nima
+
+    if args.ratings is not None:
+        raise ValueError("give either --ratings or --synthetic, not both")
+    if args.synthetic_count < 1 or args.synthetic_epochs < 0:
+        raise ValueError(f"--synthetic-count must be >= 1 and --synthetic-epochs >= 0, got {args.synthetic_count} "
+                         f"and {args.synthetic_epochs}")
+    photos = tuple(p.strip() for p in args.synthetic_photos.split(",") if p.strip()) if args.synthetic_photos else None
+    return train_synthetic_nima(args.out, role=args.synthetic_role, photos=photos, count=args.synthetic_count,
+                                val_count=max(1, args.synthetic_count // 4), seed=args.seed,
+                                epochs=args.synthetic_epochs, device=args.device, progress=not args.no_progress)

@@ -15,6 +15,7 @@ from ..loss_spec import LossSpec, WeightedSumLoss, parse_loss_specs
 from ...train.degradations import TASKS
 from .report import _mean_metrics, _describe_run, center_crop, format_table, image_metrics, metrics_rows, save_grid, write_outputs, zoom_box
 from .terms import TermContext, build_term
+from ...train.distributed import join_process_group, leave_process_group, local_rank
 from .training import DEFAULT_LOSSES, TASK_PARAMS, TEST_IMAGES, TRAIN_IMAGES, ResidualRestorer, degrade_for_network, train_restorer
 from ..._checks import is_int
 
@@ -108,24 +109,11 @@ def run_demo(config: Optional[DemoConfig] = None, *, progress: bool = True, log:
         raise FileNotFoundError("the 'nima' term needs --nima-weights PATH: a NIMA checkpoint (VGG16 backbone), e.g. "
                                 "from `pdl-ext train-nima`; none is bundled")
 
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = _resolve_device(cfg.device, local_rank)
+    device = _resolve_device(cfg.device, local_rank())
     from ...io.weights import check_output_path
 
     check_output_path(cfg.out, "demo: --out", directory=True)  # before any work, not after the training
-    created_group = False
-    if world > 1:
-        import torch.distributed as dist
-
-        if not dist.is_initialized():
-            if device.type == "cuda":
-                torch.cuda.set_device(device)
-            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-            created_group = True
-        rank = dist.get_rank()
-    else:
-        rank = 0
+    rank, world, created_group = join_process_group(device)
     say = log if rank == 0 else (lambda msg: None)
     threads_before = torch.get_num_threads()
     try:
@@ -134,10 +122,7 @@ def run_demo(config: Optional[DemoConfig] = None, *, progress: bool = True, log:
         return _run(cfg, specs, device, rank, world, progress, say)
     finally:
         torch.set_num_threads(threads_before)
-        if created_group:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
+        leave_process_group(created_group)
 
 
 def _choose_threads(requested: int, say: Callable[[str], None]) -> int:
