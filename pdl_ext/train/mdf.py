@@ -151,6 +151,104 @@ def _check_args(
         raise ValueError(f"{fn}: max_size must be an int >= min_size ({min_size}), got {max_size!r}")
 
 
+def _prepare_image(image: Union[str, os.PathLike, torch.Tensor], min_size: int) -> torch.Tensor:
+    """The training photograph as a ``(3, H, W)`` float tensor in [0, 1], checked."""
+    img = load_image(image) if isinstance(image, (str, os.PathLike)) else image
+    if not isinstance(img, torch.Tensor):
+        raise TypeError(f"train_mdf: image must be a name, a path or a tensor, got {type(image).__name__}")
+    if img.dim() == 4 and img.shape[0] == 1:
+        img = img[0]
+    if img.dim() != 3 or img.shape[0] != 3 or min(img.shape[-2:]) < min_size:
+        raise ValueError(
+            f"train_mdf: image must be (3, H, W) with H, W >= min_size ({min_size}), got shape {tuple(img.shape)}"
+        )
+    if not img.is_floating_point() or img.min() < 0 or img.max() > 1:
+        raise ValueError("train_mdf: image must be a float tensor in [0, 1]")
+    return img
+
+
+class _Pyramid:
+    """The inputs of SinGAN's generators across scales: the task's distortion of the upsampled coarser
+    output, noise at the coarsest scale, and per scale the fixed (z, prev) that reconstructs the image."""
+
+    def __init__(self, sizes: List[Tuple[int, int]], task: str, scale: Optional[float], sigma: float, quality: int,
+                 device: torch.device, gen: torch.Generator) -> None:
+        self.sizes, self.task, self.scale, self.sigma, self.quality = sizes, task, scale, sigma, quality
+        self.device, self.gen = device, gen
+        self.generators: List[MDFGenerator] = []  # the trained generators, coarse to fine
+        self.rec: List[Tuple[torch.Tensor, torch.Tensor]] = []
+
+    def distort(self, prev: torch.Tensor) -> torch.Tensor:
+        return _distort(prev, self.task, self.scale, self.sigma, self.quality, self.gen)
+
+    def coarsest_noise(self) -> torch.Tensor:
+        # SinGAN's z at the coarsest scale: one noise channel repeated over RGB, around a zero image.
+        h, w = self.sizes[0]
+        return torch.randn((1, 1, h, w), generator=self.gen, device=self.device).expand(1, 3, h, w)
+
+    @torch.no_grad()
+    def upsampled(self, out: torch.Tensor, k: int) -> torch.Tensor:
+        return F.interpolate(out, size=self.sizes[k], mode="bicubic", align_corners=False).clamp(0, 1)
+
+    @torch.no_grad()
+    def random_input(self, k: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """SinGAN's 'rand' path to scale ``k``: fresh noise at the coarsest scale, fresh distortions above."""
+        z, prev = self.coarsest_noise(), torch.zeros((1, 3, *self.sizes[0]), device=self.device)
+        for j in range(k):
+            prev = self.upsampled(self.generators[j](z, prev), j + 1)
+            z = self.distort(prev)
+        return z, prev
+
+    @torch.no_grad()
+    def add_reconstruction_input(self, k: int) -> None:
+        """Fixes scale ``k``'s reconstruction input: the noise map z* at k = 0, else the distorted
+        upsampling of the coarser reconstruction."""
+        if k == 0:
+            self.rec.append((self.coarsest_noise().clone(), torch.zeros((1, 3, *self.sizes[0]), device=self.device)))
+        else:
+            prev = self.upsampled(self.generators[-1](*self.rec[-1]), k)
+            self.rec.append((self.distort(prev), prev))
+
+
+def _train_scale(critic: MDFDiscriminator, generator: MDFGenerator, real: torch.Tensor, pyramid: _Pyramid, k: int,
+                 iters: int, lr: float, desc: str, progress: bool) -> None:
+    """SinGAN's WGAN-GP training of one scale: 3 critic steps, then 3 generator steps (adversarial plus
+    10 x the reconstruction MSE), Adam (0.5, 0.999), the learning rate cut by 10 at 80 %."""
+    from tqdm.auto import tqdm
+
+    critic.train()
+    generator.train()
+    opt_d = torch.optim.Adam(critic.parameters(), lr=lr, betas=(0.5, 0.999))
+    opt_g = torch.optim.Adam(generator.parameters(), lr=lr, betas=(0.5, 0.999))
+    milestone = [int(0.8 * iters)]
+    sched_d = torch.optim.lr_scheduler.MultiStepLR(opt_d, milestone, gamma=0.1)
+    sched_g = torch.optim.lr_scheduler.MultiStepLR(opt_g, milestone, gamma=0.1)
+    bar = tqdm(range(iters), desc=desc, disable=not progress, leave=True)
+    for _ in bar:
+        critic.requires_grad_(True)
+        for _ in range(3):
+            z, prev = pyramid.random_input(k)
+            with torch.no_grad():
+                fake = generator(z, prev)
+            opt_d.zero_grad(set_to_none=True)
+            err_real = -critic(real).mean()
+            err_fake = critic(fake).mean()
+            gp = gradient_penalty(critic, real, fake, 0.1, pyramid.gen)
+            (err_real + err_fake + gp).backward()
+            opt_d.step()
+        critic.requires_grad_(False)  # generator steps need gradients through the critic, not of it
+        for _ in range(3):
+            opt_g.zero_grad(set_to_none=True)
+            err_adv = -critic(generator(z, prev)).mean()
+            err_rec = 10 * F.mse_loss(generator(*pyramid.rec[k]), real)
+            (err_adv + err_rec).backward()
+            opt_g.step()
+        sched_d.step()
+        sched_g.step()
+        if progress:
+            bar.set_postfix(d=f"{-(err_real + err_fake).item():.3f}", rec=f"{err_rec.item():.4f}", refresh=False)
+
+
 def train_mdf(
     image: Union[str, os.PathLike, torch.Tensor],
     task: str,
@@ -204,103 +302,28 @@ def train_mdf(
         from ..io.weights import check_output_path
 
         check_output_path(out, "train_mdf: out")
-    img = load_image(image) if isinstance(image, (str, os.PathLike)) else image
-    if not isinstance(img, torch.Tensor):
-        raise TypeError(f"train_mdf: image must be a name, a path or a tensor, got {type(image).__name__}")
-    if img.dim() == 4 and img.shape[0] == 1:
-        img = img[0]
-    if img.dim() != 3 or img.shape[0] != 3 or min(img.shape[-2:]) < min_size:
-        raise ValueError(
-            f"train_mdf: image must be (3, H, W) with H, W >= min_size ({min_size}), got shape {tuple(img.shape)}"
-        )
-    if not img.is_floating_point() or img.min() < 0 or img.max() > 1:
-        raise ValueError("train_mdf: image must be a float tensor in [0, 1]")
+    img = _prepare_image(image, min_size)
     device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
-
-    from tqdm.auto import tqdm
-
     sizes = pyramid_sizes(img.shape[-2], img.shape[-1], min_size, max_size)
     widths = default_widths(len(sizes))
     full = img.to(device=device, dtype=torch.float32).unsqueeze(0)
     reals = [_resize(full, s) for s in sizes]
     init_gen = torch.Generator().manual_seed(seed)
-    gen = torch.Generator(device=device).manual_seed(seed)
-
-    def distort(prev: torch.Tensor) -> torch.Tensor:
-        return _distort(prev, task, scale, sigma, quality, gen)
-
-    def coarsest_noise() -> torch.Tensor:
-        # SinGAN's z at the coarsest scale: one noise channel repeated over RGB, around a zero image.
-        return torch.randn((1, 1, *sizes[0]), generator=gen, device=device).expand(1, 3, *sizes[0])
-
+    pyramid = _Pyramid(sizes, task, scale, sigma, quality, device, torch.Generator(device=device).manual_seed(seed))
     critics: List[MDFDiscriminator] = []
-    generators: List[MDFGenerator] = []
-    rec: List[Tuple[torch.Tensor, torch.Tensor]] = []  # per scale the fixed (z, prev) of reconstruction
-
-    @torch.no_grad()
-    def upsampled(out: torch.Tensor, k: int) -> torch.Tensor:
-        return F.interpolate(out, size=sizes[k], mode="bicubic", align_corners=False).clamp(0, 1)
-
-    @torch.no_grad()
-    def random_input(k: int) -> Tuple[torch.Tensor, torch.Tensor]:
-        # SinGAN's 'rand' path: fresh noise at the coarsest scale and fresh distortions above it.
-        z, prev = coarsest_noise(), torch.zeros((1, 3, *sizes[0]), device=device)
-        for j in range(k):
-            prev = upsampled(generators[j](z, prev), j + 1)
-            z = distort(prev)
-        return z, prev
-
     for k, (size, width) in enumerate(zip(sizes, widths)):
         t0 = time.perf_counter()
-        real = reals[k]
-        if k == 0:  # the fixed noise map z* that reconstructs the image
-            rec.append((coarsest_noise().clone(), torch.zeros_like(real)))
-        else:
-            with torch.no_grad():
-                prev = upsampled(generators[-1](*rec[-1]), k)
-            rec.append((distort(prev), prev))
-
+        pyramid.add_reconstruction_input(k)
         critic, generator = MDFDiscriminator(width), MDFGenerator(width)
         _init_weights(critic, init_gen)
         _init_weights(generator, init_gen)
-        if k > 0 and widths[k - 1] == width:
+        if k > 0 and widths[k - 1] == width:  # a scale of the previous width starts from its networks
             critic.load_state_dict(critics[-1].state_dict())
-            generator.load_state_dict(generators[-1].state_dict())
-        critic.to(device).train()
-        generator.to(device).train()
-        opt_d = torch.optim.Adam(critic.parameters(), lr=lr, betas=(0.5, 0.999))
-        opt_g = torch.optim.Adam(generator.parameters(), lr=lr, betas=(0.5, 0.999))
-        milestone = [int(0.8 * iters)]
-        sched_d = torch.optim.lr_scheduler.MultiStepLR(opt_d, milestone, gamma=0.1)
-        sched_g = torch.optim.lr_scheduler.MultiStepLR(opt_g, milestone, gamma=0.1)
-
-        bar = tqdm(range(iters), desc=f"MDF {task} scale {k + 1}/{len(sizes)} ({size[0]}x{size[1]}, width {width})",
-                   disable=not progress, leave=True)
-        for _ in bar:
-            critic.requires_grad_(True)
-            for _ in range(3):
-                z, prev = random_input(k)
-                with torch.no_grad():
-                    fake = generator(z, prev)
-                opt_d.zero_grad(set_to_none=True)
-                err_real = -critic(real).mean()
-                err_fake = critic(fake).mean()
-                gp = gradient_penalty(critic, real, fake, 0.1, gen)
-                (err_real + err_fake + gp).backward()
-                opt_d.step()
-            critic.requires_grad_(False)  # generator steps need gradients through the critic, not of it
-            for _ in range(3):
-                opt_g.zero_grad(set_to_none=True)
-                err_adv = -critic(generator(z, prev)).mean()
-                err_rec = 10 * F.mse_loss(generator(*rec[k]), real)
-                (err_adv + err_rec).backward()
-                opt_g.step()
-            sched_d.step()
-            sched_g.step()
-            if progress:
-                bar.set_postfix(d=f"{-(err_real + err_fake).item():.3f}", rec=f"{err_rec.item():.4f}", refresh=False)
+            generator.load_state_dict(pyramid.generators[-1].state_dict())
+        desc = f"MDF {task} scale {k + 1}/{len(sizes)} ({size[0]}x{size[1]}, width {width})"
+        _train_scale(critic.to(device), generator.to(device), reals[k], pyramid, k, iters, lr, desc, progress)
         critics.append(critic.eval())
-        generators.append(generator.eval().requires_grad_(False))
+        pyramid.generators.append(generator.eval().requires_grad_(False))
         if on_scale_end is not None:
             info = {"seconds": time.perf_counter() - t0, "height": size[0], "width": size[1]}
             on_scale_end(k, {**info, "critic": critic, "generator": generator})
