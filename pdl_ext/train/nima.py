@@ -348,6 +348,66 @@ def evaluate_nima(model: nn.Module, dataset: Dataset, batch_size: int = 32, devi
     return rating_metrics(pred, target, threshold)
 
 
+def _training_items(ratings: Union[PathLike, Sequence[RatingItem]], images: Optional[PathLike],
+                    val_ratings: Union[PathLike, Sequence[RatingItem], None], val_fraction: float, num_bins: int,
+                    fmt: str, seed: int) -> Tuple[List[RatingItem], List[RatingItem]]:
+    """(training, held-out) rating items: from files or lists; without ``val_ratings`` a seeded split."""
+    items = list(ratings) if not isinstance(ratings, (str, os.PathLike)) else read_ratings(ratings, images, num_bins, fmt)
+    if val_ratings is None:
+        train_items, val_items = _split(items, val_fraction, seed)
+    else:
+        train_items = items
+        val_items = (list(val_ratings) if not isinstance(val_ratings, (str, os.PathLike))
+                     else read_ratings(val_ratings, images, num_bins, fmt))
+    if not train_items:
+        raise ValueError(f"train_nima: no training images (read {len(items)} ratings from {ratings})")
+    return train_items, val_items
+
+
+def _optimizer(module: nn.Module, optimizer: str, lr: float, backbone_lr_factor: float, momentum: float,
+               weight_decay: float) -> torch.optim.Optimizer:
+    """Adam or SGD with two parameter groups: the head at ``lr``, the backbone (a module's ``backbone``
+    attribute, if any) at ``lr * backbone_lr_factor``; each group keeps its ``base_lr``."""
+    backbone_module = getattr(module, "backbone", None)
+    backbone_params = ([p for p in backbone_module.parameters() if p.requires_grad]
+                       if isinstance(backbone_module, nn.Module) else [])
+    ids = {id(p) for p in backbone_params}
+    head_params = [p for p in module.parameters() if p.requires_grad and id(p) not in ids]
+    groups = [{"params": head_params, "lr": lr, "base_lr": lr}]
+    if backbone_params:
+        groups.append({"params": backbone_params, "lr": lr * backbone_lr_factor, "base_lr": lr * backbone_lr_factor})
+    if optimizer == "adam":
+        return torch.optim.Adam(groups, lr=lr, weight_decay=weight_decay)
+    return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
+
+
+def _train_epoch(model: nn.Module, loader: DataLoader, opt: torch.optim.Optimizer, dev: torch.device, desc: str,
+                 progress: bool) -> torch.Tensor:
+    """One pass of EMD-loss steps; returns (sum of per-image losses, images) in float64 (this process)."""
+    from tqdm.auto import tqdm
+
+    model.train()
+    total = torch.zeros(2, dtype=torch.float64)
+    bar = tqdm(loader, desc=desc, disable=not progress, leave=False)
+    for x, hist in bar:
+        x, hist = x.to(dev, non_blocking=True), hist.to(dev, non_blocking=True)
+        loss = emd_loss(model(x), hist)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        total += torch.tensor([loss.item() * len(x), len(x)], dtype=torch.float64)
+        bar.set_postfix(emd=f"{loss.item():.4f}")
+    return total
+
+
+def _save_checkpoint(module: nn.Module, out: PathLike, num_bins: int, epoch: int, history: List[Dict[str, float]]) -> None:
+    """The epoch's checkpoint, with what loading it needs and the history in its metadata."""
+    meta = {"format": "pdl_ext.NIMA", "backbone": str(module.backbone_name) if hasattr(module, "backbone_name")
+            else type(module).__name__, "num_bins": str(getattr(module, "num_bins", num_bins)),
+            "epoch": str(epoch + 1), "history": json.dumps(history)}
+    save_state_dict(module.state_dict(), out, metadata=meta)
+
+
 def train_nima(
     ratings: Union[PathLike, Sequence[RatingItem]],
     images: Optional[PathLike] = None,
@@ -421,8 +481,6 @@ def train_nima(
         >>> # result = train_nima("AVA.txt", "AVA/images", backbone="vgg16", epochs=10, out="nima.safetensors")
         >>> # result.metrics["srcc"]
     """
-    from tqdm.auto import tqdm
-
     if optimizer not in ("adam", "sgd"):
         raise ValueError(f"train_nima: optimizer must be 'adam' or 'sgd', got {optimizer!r}")
     if epochs < 0 or batch_size < 1:
@@ -432,16 +490,7 @@ def train_nima(
         if batch_size % world:
             raise ValueError(f"train_nima: batch_size ({batch_size}) must be a multiple of the number of "
                              f"processes ({world})")
-        items = list(ratings) if not isinstance(ratings, (str, os.PathLike)) else read_ratings(ratings, images, num_bins, fmt)
-        if val_ratings is None:
-            train_items, val_items = _split(items, val_fraction, seed)
-        else:
-            train_items = items
-            val_items = (list(val_ratings) if not isinstance(val_ratings, (str, os.PathLike))
-                         else read_ratings(val_ratings, images, num_bins, fmt))
-        if not train_items:
-            raise ValueError(f"train_nima: no training images (read {len(items)} ratings from {ratings})")
-
+        train_items, val_items = _training_items(ratings, images, val_ratings, val_fraction, num_bins, fmt, seed)
         torch.manual_seed(seed)  # identical initial weights on every process
         if model is None:
             model = NIMA(backbone, num_bins=num_bins, dropout=dropout, weights=weights,
@@ -450,18 +499,7 @@ def train_nima(
         module = model
         if world > 1:
             model = nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
-
-        # a model without a `backbone` attribute trains with one learning rate
-        backbone_module = getattr(module, "backbone", None)
-        backbone_params = ([p for p in backbone_module.parameters() if p.requires_grad]
-                           if isinstance(backbone_module, nn.Module) else [])
-        ids = {id(p) for p in backbone_params}
-        head_params = [p for p in module.parameters() if p.requires_grad and id(p) not in ids]
-        groups = [{"params": head_params, "lr": lr, "base_lr": lr}]
-        if backbone_params:
-            groups.append({"params": backbone_params, "lr": lr * backbone_lr_factor, "base_lr": lr * backbone_lr_factor})
-        opt = (torch.optim.Adam(groups, lr=lr, weight_decay=weight_decay) if optimizer == "adam"
-               else torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay))
+        opt = _optimizer(module, optimizer, lr, backbone_lr_factor, momentum, weight_decay)
 
         train_set = RatingDataset(train_items, resize, crop, train=True, hflip=hflip, seed=seed)
         val_set = RatingDataset(val_items, resize, crop, train=False)
@@ -478,17 +516,7 @@ def train_nima(
             train_set.set_epoch(epoch)
             for g in opt.param_groups[1:]:
                 g["lr"] = 0.0 if epoch < head_only_epochs else g["base_lr"]
-            model.train()
-            total = torch.zeros(2, dtype=torch.float64)
-            bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", disable=not progress or rank != 0, leave=False)
-            for x, hist in bar:
-                x, hist = x.to(dev, non_blocking=True), hist.to(dev, non_blocking=True)
-                loss = emd_loss(model(x), hist)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                total += torch.tensor([loss.item() * len(x), len(x)], dtype=torch.float64)
-                bar.set_postfix(emd=f"{loss.item():.4f}")
+            total = _train_epoch(model, loader, opt, dev, f"epoch {epoch + 1}/{epochs}", progress and rank == 0)
             if world > 1:
                 dist.all_reduce(total)
             train_seconds = time.perf_counter() - start
@@ -502,10 +530,7 @@ def train_nima(
             result.history.append(row)
             say("train-nima: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
             if out is not None and rank == 0:
-                meta = {"format": "pdl_ext.NIMA", "backbone": str(module.backbone_name) if hasattr(module, "backbone_name")
-                        else type(module).__name__, "num_bins": str(getattr(module, "num_bins", num_bins)),
-                        "epoch": str(epoch + 1), "history": json.dumps(result.history)}
-                save_state_dict(module.state_dict(), out, metadata=meta)
+                _save_checkpoint(module, out, num_bins, epoch, result.history)
         if world > 1:
             dist.barrier()  # the checkpoint is complete before any process returns
         return result
