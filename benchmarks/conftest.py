@@ -1,6 +1,6 @@
 """pytest-benchmark suite of pdl_ext: which shapes to time.
 
-Timed runs (`pytest benchmarks/ --benchmark-only`) use the table of issue 4; a smoke run
+Timed runs (`pytest benchmarks/ --benchmark-only`) use the VGG16 feature-row table; a smoke run
 (`pytest benchmarks/ --benchmark-disable`) uses two small shapes, so CI only checks that it runs.
 `--bench-shapes` chooses explicitly: full, quick, small, or ROWSxN[,ROWSxN...].
 """
@@ -18,7 +18,7 @@ SMALL_SHAPES: Tuple[Tuple[int, int], ...] = ((32, 1024), (256, 64))
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--bench-shapes", default=None,
-        help="full (issue 4's table, the default when timing), quick, small (the default with "
+        help="full (the VGG16 feature-row table, the default when timing), quick, small (the default with "
              "--benchmark-disable), or ROWSxN[,ROWSxN...]",
     )
 

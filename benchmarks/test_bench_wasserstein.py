@@ -2,7 +2,7 @@
 and capped to the AVX2 and portable radix paths where they run), pure PyTorch and POT (when installed),
 forward alone and forward+backward (x requires grad, y does not).
 
-    pytest benchmarks/ --benchmark-only              # issue 4's table, timed
+    pytest benchmarks/ --benchmark-only              # the VGG16 feature-row table, timed
     pytest benchmarks/ --benchmark-disable           # smoke: small shapes, each case run once
 
 Every case also checks its values against float64 sort-and-match, so a fast wrong kernel fails.

@@ -23,7 +23,7 @@ from ..io.weights import check_float_tensors, compare_layout, save_state_dict
 # Five unpadded 3x3 convolutions: an output pixel sees 11x11 input pixels.
 RECEPTIVE_FIELD = 11
 DISTANCES = ("mse", "pdl")
-# The paper's loss uses the first 8 discriminators of a series (fewer when a series holds fewer).
+# The published loss (gfxdisp/mdf's code) uses the first 8 discriminators of a series (fewer when a series holds fewer).
 PAPER_SCALES = 8
 # The published series bundled in the package (losses/weights/mdf, the authors' BSD-3-Clause notice
 # beside them): name -> file. The authors' Ds_Denoising.pth is byte-identical to Ds_SISR.pth.
@@ -102,7 +102,7 @@ def pretrained_path(name: str) -> Path:
 
 
 def _resolve_num_scales(num_scales: Optional[int], count: int) -> Optional[int]:
-    # None: the paper's 8, or every discriminator of a shorter series; explicit values are checked by the caller.
+    # None: the published code's 8, or every discriminator of a shorter series; explicit values are checked by the caller.
     return min(PAPER_SCALES, count) if num_scales is None else num_scales
 
 
@@ -177,7 +177,7 @@ def mdf_loss(
         y: ``(B, 3, H, W)`` references, the dtype and device of ``x``.
         discriminators: the series (e.g. ``MDFLoss.from_file(path).discriminators``), in eval mode,
             with the dtype and device of ``x``.
-        num_scales: how many discriminators to use, from the first; ``None`` (default): the paper's 8,
+        num_scales: how many discriminators to use, from the first; ``None`` (default): the published code's 8,
             or all of them when fewer are given (``min(8, len(discriminators))``).
         distance: ``"mse"`` or ``"pdl"``.
         p: 1 or 2, the Wasserstein order of ``distance="pdl"``.
@@ -326,7 +326,7 @@ class MDFLoss(nn.Module):
         Args:
             path: the safetensors file; the count and widths of the series come from its tensors.
             num_scales: how many discriminators the loss uses, from the first; ``None`` (default):
-                the paper's 8, or all of them when the file holds fewer (``min(8, count)``).
+                the published code's 8, or all of them when the file holds fewer (``min(8, count)``).
             distance, p, reduction: as in ``MDFLoss``.
 
         Returns:
@@ -375,7 +375,7 @@ class MDFLoss(nn.Module):
 
         Args:
             name: ``"sisr"``, ``"denoise"`` or ``"jpeg"``.
-            num_scales, distance, p, reduction: as in ``from_file`` (``None``: the paper's first 8).
+            num_scales, distance, p, reduction: as in ``from_file`` (``None``: the published code's first 8).
 
         Returns:
             The loss module (float32, on the CPU), its discriminators frozen and in eval mode; move it

@@ -149,7 +149,7 @@ class NIMA(nn.Module):
             inside, 512 features, trainable), or any ``nn.Module`` mapping ``(B, 3, H, W)`` to
             ``(B, F, h, w)``, ``(B, F)`` or a list whose last element is one of these.
         num_bins: number of score bins K (10 for AVA).
-        dropout: dropout probability before the linear layer (0.75 in the paper).
+        dropout: dropout probability before the linear layer (0.75, as in the NIMA paper, Sec. III).
         weights: a NIMA checkpoint (`.safetensors` written by ``train_nima``, or a `.pth` state dict,
             loaded with ``weights_only=True``). When given, the backbone's ImageNet weights are not
             needed and not loaded.

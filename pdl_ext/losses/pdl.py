@@ -45,7 +45,7 @@ class PDLLoss(nn.Module):
         layers: VGG layer names (``relu1_2`` ... ``relu5_3``, ``conv*``, ``pool*``).
         layer_weights: one weight per layer (default 1 each), in the order of ``layers`` (whatever
             order the layers are computed in).
-        p: 1 (W_1, the paper's choice) or 2 (W_2^2).
+        p: 1 (W_1, our default) or 2 (W_2^2).
         projection: "spatial", "channel" or an int K (sliced: K random unit directions per layer,
             seeded by ``seed``, fixed for the module's life until :meth:`resample_directions`).
         normalize: L2-normalise each position's channel vector first (fused into the op).

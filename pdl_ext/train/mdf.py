@@ -126,7 +126,7 @@ def _distort(
     if scale is not None:  # a harsher SR input than the pyramid step: details above 1/scale removed
         low = (max(1, int(prev.shape[-2] // scale)), max(1, int(prev.shape[-1] // scale)))
         return F.interpolate(_resize(prev, low), size=prev.shape[-2:], mode="bicubic", align_corners=False).clamp(0, 1)
-    return prev  # SR as in the paper: z_k = 0
+    return prev  # SR as in the published code: z_k = 0
 
 
 def _check_args(
@@ -275,7 +275,7 @@ def train_mdf(
             upsampled coarser output: for SR as is (or, with ``scale``, bicubically down- and
             upsampled by ``scale``), for denoising plus Gaussian noise of ``sigma``, for JPEG
             compressed at ``quality``. The coarsest generator gets noise, as in SinGAN.
-        scale: SR factor of a harsher SR input (default: the pyramid step only, as in the paper).
+        scale: SR factor of a harsher SR input (default: the pyramid step only, as in the published code).
         sigma: noise level in /255 units. quality: JPEG quality.
         iters: iterations per scale (SinGAN: 2000).
         out: a ``.safetensors`` file to write (``MDFLoss.from_file`` loads it), or None.
@@ -343,7 +343,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", required=True, choices=TRAIN_TASKS)
     parser.add_argument("--scale", type=float, default=None,
                         help="SR: remove details above 1/scale from each input "
-                        "(default: only the pyramid step, as in the paper)")
+                        "(default: only the pyramid step, as in the published code)")
     parser.add_argument("--sigma", type=float, default=25.0, help="noise level in /255 units (default 25)")
     parser.add_argument("--quality", type=int, default=10, help="JPEG quality (default 10)")
     parser.add_argument("--out", required=True, help="output .safetensors (for MDFLoss.from_file)")

@@ -460,11 +460,11 @@ def train_nima(
         val_ratings: held-out ratings (file or list); else ``val_fraction`` of ``ratings`` (seeded split).
         epochs: passes over the training set.
         batch_size: global batch size (a multiple of the number of processes).
-        lr: learning rate of the head; the backbone's is ``lr * backbone_lr_factor`` (0.1 as in the paper).
+        lr: learning rate of the head; the backbone's is ``lr * backbone_lr_factor`` (0.1: the NIMA paper's ratio of 3e-7 to 3e-6, Sec. III).
         head_only_epochs: first epochs with the backbone's learning rate at 0 (head-first fine-tuning).
-        optimizer: ``"adam"`` or ``"sgd"`` (with ``momentum``; the paper's choice, with lr 3e-6).
+        optimizer: ``"adam"`` or ``"sgd"`` (with ``momentum``; the NIMA paper's, Sec. III, with lr 3e-6).
         weight_decay: the optimizer's weight decay.
-        resize, crop, hflip: augmentation (paper: 256, 224, True); small values for tiny images.
+        resize, crop, hflip: augmentation (the NIMA paper's, Sec. III: 256, 224, True); small values for tiny images.
         seed: seeds the model's init, the split, the shuffling and the augmentation.
         workers: DataLoader worker processes.
         device: ``"cpu"``, ``"cuda"``, ...; default: this process's GPU if any, else the CPU.

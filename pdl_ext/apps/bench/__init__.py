@@ -1,6 +1,6 @@
 """`pdl-ext bench`: times the fused ``wasserstein_1d`` against pure PyTorch (and POT), and the whole PDLLoss.
 
-What it measures (issue 4), every number forward+backward with ``x`` requiring grad and ``y`` not:
+What it measures, every number forward+backward with ``x`` requiring grad and ``y`` not:
 
 - the table of shapes ``rows x N`` (VGG16 feature rows), float32, p=1, per implementation:
   median time over ``--repeats`` rounds after ``--warmup`` ones (``time.perf_counter``; a round runs
@@ -75,7 +75,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"small shapes ({', '.join(f'{r}x{n}' for r, n in QUICK_SHAPES)}), 3 repeats, "
                              "small PDL images: ~15 s")
     parser.add_argument("--shapes", type=parse_shapes, default=None,
-                        help="comma-separated ROWSxN (default: the table of issue 4)")
+                        help="comma-separated ROWSxN (default: the VGG16 feature-row table)")
     parser.add_argument("--repeats", type=int, default=None, help="timed runs per measurement (default 5, quick 3)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs before the timed ones (default 1)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads for this run")

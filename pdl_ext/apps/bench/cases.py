@@ -16,10 +16,10 @@ import torch
 
 Shape = Tuple[int, int]
 
-# The table of issue 4: rows x N of VGG16 feature maps (4 images 256x256) and small maps, large batch.
+# The VGG16 feature-row table: rows x N of VGG16 feature maps (4 images 256x256) and small maps, large batch.
 FULL_SHAPES: Tuple[Shape, ...] = ((256, 65536), (512, 16384), (1024, 4096), (2048, 1024), (2048, 256), (8192, 64))
 QUICK_SHAPES: Tuple[Shape, ...] = ((64, 4096), (256, 1024), (1024, 256), (4096, 64))
-# Fused vs pure PyTorch, forward+backward (issue 4); shapes outside the table take the rule by N.
+# Our speedup targets, fused vs pure PyTorch, forward+backward; shapes outside the table take the rule by N.
 SPEEDUP_TARGETS: Dict[Shape, float] = {
     (256, 65536): 10.0, (512, 16384): 10.0, (1024, 4096): 10.0, (2048, 1024): 10.0, (2048, 256): 4.0, (8192, 64): 4.0,
 }
@@ -181,7 +181,7 @@ def machine_info() -> Dict[str, Any]:
 
 
 def speedup_target(shape: Shape) -> float:
-    """Issue 4's fused-vs-PyTorch target; shapes outside its table: 10x for N >= 1024, else 4x."""
+    """Our fused-vs-PyTorch speedup target; shapes outside the table: 10x for N >= 1024, else 4x."""
     return SPEEDUP_TARGETS.get(shape, 10.0 if shape[1] >= 1024 else 4.0)
 
 

@@ -102,7 +102,7 @@ def write_plot(path: Path, records: List[Dict[str, Any]], subtitle: str = "") ->
     ax1.bar(pos, speedups, color="tab:blue", label="fused / pure PyTorch")
     for i, r in enumerate(base):
         ax1.hlines(r["target_speedup"], i - 0.4, i + 0.4, colors="tab:red", linestyles="--",
-                   label="target (issue 4)" if i == 0 else None)
+                   label="speedup target" if i == 0 else None)
         ax1.annotate(f"{speedups[i]:.1f}x", (i, speedups[i]), ha="center", va="bottom", fontsize=8)
     ax1.set_xticks(pos, shapes, rotation=30)
     ax1.set_ylabel("speedup, forward+backward")

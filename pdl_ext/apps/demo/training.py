@@ -16,16 +16,28 @@ from ...train.degradations import degrade, upsample
 TRAIN_IMAGES: Tuple[str, ...] = ("astronaut", "rocket", "immunohistochemistry", "coffee", "brick", "grass", "camera", "coins")
 TEST_IMAGES: Tuple[str, ...] = ("chelsea", "gravel")
 DEFAULT_LOSSES = "l1,l1+0.05*pdl"
-# The task parameters of the PDL paper's experiments (noise sigma in /255 units).
+# Our default task settings (noise sigma in /255 units); not taken from a paper's tables.
 TASK_PARAMS: Dict[str, Dict[str, Any]] = {
     "denoise": {"sigma": 25.0},
     "sr": {"scale": 4},
     "jpeg": {"quality": 10},
     "deblur": {"sigma": 2.0},
     "demosaic": {},
+    # the enhancement tasks of Talebi & Milanfar, ICCP 2018 (haze: per-image beta and airlight draws)
+    "dehaze": {"beta": (0.8, 1.8), "airlight": (0.85, 1.0)},
+    "tonemap": {"exposure": -1.0, "compression": 3.0, "local": 0.5},
 }
 INPUT_LABELS = {"denoise": "input (noisy)", "sr": "input (bicubic x4)", "jpeg": "input (JPEG q10)",
-                "deblur": "input (blurred)", "demosaic": "input (bilinear demosaic)"}
+                "deblur": "input (blurred)", "demosaic": "input (bilinear demosaic)", "dehaze": "input (hazy)",
+                "tonemap": "input (tone-compressed)"}
+ENHANCEMENT_TASKS: Tuple[str, ...] = ("dehaze", "tonemap")
+# Their default comparison: the pixel loss alone and with NIMA's penalty (weight from a short sweep, README).
+ENHANCEMENT_LOSSES = "l1,l1+0.05*nima"
+
+
+def default_losses(task: str) -> str:
+    """The loss specs a task compares when ``--losses`` is not given."""
+    return ENHANCEMENT_LOSSES if task in ENHANCEMENT_TASKS else DEFAULT_LOSSES
 
 
 class ResidualRestorer(nn.Module):
@@ -67,10 +79,10 @@ def degrade_for_network(clean: torch.Tensor, task: str, generator: Optional[torc
     """The network's input for ``clean`` ``(B, 3, H, W)``: the task's distortion, brought back to (H, W).
 
     Super-resolution inputs are the bicubic upsampling of the x4 bicubic downsampling; denoising draws
-    its noise from ``generator``.
+    its noise, dehazing its haze (beta, airlight, depth per image) from ``generator``.
     """
     params = dict(TASK_PARAMS[task])
-    if task == "denoise":
+    if task in ("denoise", "dehaze"):
         params["generator"] = generator
     out = degrade(clean, task, **params)
     if task == "sr":
