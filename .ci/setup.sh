@@ -8,7 +8,8 @@ PY=${PYTHON:-python3}
 .venv/bin/python -m pip install -q --upgrade pip setuptools wheel
 # torch 2.14.1 is the CUDA 13 build Linux users get from PyPI (it runs on the CPU too).
 .venv/bin/python -m pip install -q "torch==${TORCH_VERSION:-2.14.1}" numpy ninja pybind11
+# POT: the peer oracle of the op's tests (tests/test_pot_oracle.py) and a row of `pdl-ext bench`.
 .venv/bin/python -m pip install -q safetensors tqdm scikit-image Pillow matplotlib \
-    pytest pytest-benchmark scipy hypothesis
+    pytest pytest-benchmark scipy hypothesis pot
 .venv/bin/python -m pip install -q --no-build-isolation -e .
 .venv/bin/python -c "import pdl_ext, json; print(json.dumps(pdl_ext.extension_info()))"

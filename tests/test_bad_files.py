@@ -29,8 +29,9 @@ from pdl_ext.losses.nima import NIMA
 from pdl_ext.losses.vgg import VGGFeatures
 from pdl_ext.io.weights import load_state_dict, save_state_dict
 
-# What a refused file may raise: our ValueError (clear message), FileNotFoundError, or the converter's
-# UnsafePickleError (an UnpicklingError). Never a raw RuntimeError, never success.
+# What a refused file may raise: our ValueError (clear message, naming the file) or FileNotFoundError; the
+# converter's UnsafePickleError is a ValueError too (and an UnpicklingError). Never a raw RuntimeError,
+# never success.
 REFUSED = (ValueError, pickle.UnpicklingError)
 
 
@@ -179,8 +180,9 @@ def test_pickles_that_run_code_are_refused_and_run_nothing(tmp_path, loader, fmt
     with pytest.raises(REFUSED) as info:
         LOADERS[loader](evil)
     assert not marker.exists(), f"{loader} ran code from a {fmt} pickle"
-    if loader != "convert_mdf":  # the converter names what it refused (the call), the others the file
-        assert "evil.pth" in str(info.value)
+    assert isinstance(info.value, ValueError) and "evil.pth" in str(info.value)  # every loader names the file
+    if loader == "convert_mdf":  # the converter also says what it refused to call
+        assert isinstance(info.value, UnsafePickleError) and "refusing to call" in str(info.value)
     assert not Path(str(evil) + ".out.safetensors").exists()
 
 
@@ -209,8 +211,9 @@ def test_convert_mdf_cli_refuses_code_inside_a_discriminator_list(tmp_path, caps
     ds[1].payload = _Execs(marker)
     torch.save(ds, tmp_path / "Ds_evil.pth")
     out = tmp_path / "out.safetensors"
-    assert cli.main(["convert-mdf", str(tmp_path / "Ds_evil.pth"), str(out)]) == 1
-    assert "refusing to call builtins.exec" in capsys.readouterr().err
+    assert cli.main(["convert-mdf", str(tmp_path / "Ds_evil.pth"), str(out)]) == 2  # a user error
+    err = capsys.readouterr().err
+    assert "Ds_evil.pth': refusing to call builtins.exec" in err and len(err.strip().splitlines()) == 1
     assert not marker.exists() and not out.exists()
 
 
@@ -245,7 +248,7 @@ def test_convert_mdf_refuses_tensor_records_outside_their_storage(tmp_path, case
     with pytest.raises(ValueError, match=r"convert_mdf: '.*crafted\.pth' has a (malformed )?tensor record") as info:
         convert_mdf(path, tmp_path / "out.safetensors")
     assert "storage '0'" in str(info.value)  # the record is named by its storage, size, stride and offset
-    assert cli.main(["convert-mdf", str(path), str(tmp_path / "out.safetensors")]) == 1
+    assert cli.main(["convert-mdf", str(path), str(tmp_path / "out.safetensors")]) == 2
     assert "crafted.pth" in capsys.readouterr().err
     assert not (tmp_path / "out.safetensors").exists()
 
@@ -395,9 +398,7 @@ def test_corrupted_bytes_give_a_clear_error_or_load(tmp_path, loader, fmt):
         bad.write_bytes(bytes(b))
         try:
             LOADERS[loader](bad)
-        except UnsafePickleError:
-            pass  # a damaged opcode can name a global to call; refusing it is right
-        except REFUSED as e:
+        except REFUSED as e:  # UnsafePickleError too: a damaged opcode can name a global to call
             if loader == "convert_mdf" and "fuzz" not in str(e):
                 unexpected.append(f"mutation {i}: the message does not name the file: {str(e)[:120]}")
         except Exception as e:  # noqa: BLE001 (the point: anything else is a finding)

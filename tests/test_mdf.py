@@ -352,7 +352,7 @@ def test_converter_refuses_a_pickle_that_runs_code(tmp_path, payload, legacy, ca
     torch.save([payload(marker)], evil, _use_new_zipfile_serialization=not legacy)
     with pytest.raises(UnsafePickleError, match="refusing to call (posix|os|nt).system|refusing to call builtins.exec"):
         convert_mdf(evil, tmp_path / "evil.safetensors")
-    assert cli.main(["convert-mdf", str(evil), str(tmp_path / "evil.safetensors")]) == 1
+    assert cli.main(["convert-mdf", str(evil), str(tmp_path / "evil.safetensors")]) == 2  # a user error
     assert "refusing to call" in capsys.readouterr().err
     assert not marker.exists()
     assert not (tmp_path / "evil.safetensors").exists()

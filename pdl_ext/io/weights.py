@@ -105,8 +105,8 @@ def _check_torch_zip(path: Path) -> None:
     """Refuses a zip whose entries would inflate beyond the caps, before torch.load inflates anything."""
     with open(path, "rb") as f:
         head = f.read(4)
-    if head != b"PK\x03\x04" and not zipfile.is_zipfile(path):
-        return  # not a zip (torch.load tells a legacy file from a zip by these bytes)
+    if head != b"PK\x03\x04":
+        return  # torch.load reads a zip only when the file starts with a zip entry header; else the legacy format
     try:
         with zipfile.ZipFile(path) as zf:
             problem = zip_size_problem(zf, path.stat().st_size)
