@@ -271,3 +271,11 @@ def test_functional_pdl_loss_builds_the_loss_once(monkeypatch):
     F.pdl_loss(x, y, layers=("relu1_2",), pretrained=False, seed=123, p=2)  # another configuration: a new loss
     assert len(built) == 2
     F._cached_loss.cache_clear()
+
+
+def test_images_too_small_for_a_final_pool_layer_get_our_error():
+    # pool5 halves a 16x16 map a fifth time: the size check must count it (torch's own error before).
+    loss = PDLLoss(layers=("pool5",), pretrained=False)
+    with pytest.raises(ValueError, match=r"PDLLoss: x must be at least 32x32 for layer pool5"):
+        loss(torch.rand(1, 3, 16, 16), torch.rand(1, 3, 16, 16))
+    assert loss(torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32)).isfinite()

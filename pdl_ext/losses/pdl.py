@@ -169,8 +169,7 @@ class PDLLoss(nn.Module):
         weight = next(self.backbone.parameters())
         if x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type):
             raise TypeError(f"{fn}: x must have the backbone's dtype ({weight.dtype}; convert with .to()), got {x.dtype}")
-        pools = sum(isinstance(m, nn.MaxPool2d) for m in list(self.backbone.features)[:-1])
-        need = 2**pools
+        need = self.backbone.min_size  # every max-pool of the kept layers, a final pool5 included
         for name, t in (("x", x), ("y", y)):
             if min(t.shape[-2:]) < need:
                 raise ValueError(f"{fn}: {name} must be at least {need}x{need} for layer {self.backbone.depth_layers[-1]}, "
