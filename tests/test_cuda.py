@@ -1,11 +1,17 @@
-"""The wasserstein_1d op suite on CUDA: the CUDA kernels against the CPU kernel and the reference.
+"""What is CUDA-specific: the kernels' size classes against the CPU kernel, streams, several GPUs, devices
+mixed, the registration, and the losses on the GPU against the CPU.
 
-The GPU tests skip without a GPU or without a CUDA build of pdl_ext._C (CI compiles and links the
-CUDA kernels in .ci/build_cuda.sh). The first test runs everywhere: it checks the shared math the
-unequal-size CUDA path uses (merge_atom in csrc/wasserstein_math.h) against the CPU kernel.
+The op's device-neutral tests (values, gradients, N != M, dtypes, NaN/inf, layouts, opcheck, compile,
+determinism) run on ``cuda`` through the ``device`` fixture of tests/conftest.py, in
+test_wasserstein_1d.py, test_normalized_wasserstein.py and test_properties.py. The GPU tests here skip
+without a GPU or without a CUDA build of pdl_ext._C (CI compiles and links the CUDA kernels in
+.ci/build_cuda.sh; `.ci/gpu_check.sh` runs them on a GPU machine). The first test runs everywhere: it
+checks the shared math the unequal-size CUDA path uses (merge_atom in csrc/wasserstein_math.h)
+against the CPU kernel.
 """
 from __future__ import annotations
 
+import copy
 import shutil
 import subprocess
 from pathlib import Path
@@ -126,8 +132,8 @@ def test_every_cpu_op_has_a_cuda_kernel():
 # ----------------------------------------------------------------------------------------------
 # The CUDA kernels
 
-# (leading shape, N, M): every block configuration (tiles 128, 512, 2048, 4096) and the segmented
-# path (longer than 4096, or 2048 for float64), equal and unequal sizes.
+# (leading shape, N, M): every block configuration of block_row_kernel (tiles 128, 512, 2048, 4096)
+# and the segmented-sort path (longer than 4096, or 2048 for float64), equal and unequal sizes.
 SHAPES = [
     ((3,), 1, 1),
     ((4,), 1, 9),
@@ -144,12 +150,6 @@ SHAPES = [
     ((2,), 5000, 3001),
     ((2,), 65536, 65536),
 ]
-TOL = {
-    torch.float64: dict(rtol=1e-10, atol=1e-12),
-    torch.float32: dict(rtol=1e-4, atol=1e-6),
-    torch.float16: dict(rtol=2e-3, atol=1e-5),
-    torch.bfloat16: dict(rtol=1.6e-2, atol=1e-5),
-}
 
 
 def _inputs(lead, n, m, dtype, seed=0):
@@ -166,168 +166,20 @@ def _inputs(lead, n, m, dtype, seed=0):
     return x.to(dtype), y.to(dtype)
 
 
-def _close_grad(actual, expected, dtype):
-    # Gradients of unequal sizes are sums of several terms; FMA on the GPU may round them differently.
-    scale = expected.double().abs().max().item() if expected.numel() else 0.0
-    tol = TOL[dtype]
-    torch.testing.assert_close(actual, expected, rtol=tol["rtol"], atol=max(tol["atol"], 1e-6 * scale))
-
-
 @needs_gpu
 @pytest.mark.parametrize("lead,n,m", SHAPES)
 @pytest.mark.parametrize("p", [1, 2])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
-def test_matches_cpu_kernel(lead, n, m, p, dtype):
+def test_size_classes_match_cpu_kernel(lead, n, m, p, dtype, cpu_kernel):
     x, y = _inputs(lead, n, m, dtype, seed=n * 131 + m)
-    w, dx, dy = fwd(x.to(DEVICE), y.to(DEVICE), p)
-    wc, dxc, dyc = fwd(x, y, p)
-    assert w.device == DEVICE and w.shape == wc.shape and dx.shape == x.shape and dy.shape == y.shape
+    # Values close; with N == M the same sort order (ties by position) and the same per-pair
+    # arithmetic give the same derivative bits (cpu_kernel.check_fwd, tests/conftest.py).
+    w, dx, dy = cpu_kernel.check_fwd(x.to(DEVICE), y.to(DEVICE), p)
+    assert w.device == DEVICE and w.shape == x.shape[:-1] and dx.shape == x.shape and dy.shape == y.shape
     assert w.dtype == dx.dtype == dy.dtype == dtype
-    torch.testing.assert_close(w.cpu(), wc, **TOL[dtype])
-    if n == m:
-        # Same sort order (ties by position), same per-pair arithmetic: the same bits.
-        assert torch.equal(dx.cpu(), dxc)
-        assert torch.equal(dy.cpu(), dyc)
-    else:
-        _close_grad(dx.cpu(), dxc, dtype)
-        _close_grad(dy.cpu(), dyc, dtype)
     if dtype in (torch.float32, torch.float64):
         wr = reference.wasserstein_1d(x.to(DEVICE), y.to(DEVICE), p)
-        torch.testing.assert_close(w, wr, **TOL[dtype])
-
-
-@needs_gpu
-@pytest.mark.parametrize("lead,n,m", [((4,), 300, 300), ((3,), 300, 200), ((2,), 5000, 5000), ((2,), 5000, 3001)])
-@pytest.mark.parametrize("grad_x,grad_y", [(True, False), (False, True), (False, False)])
-def test_gradient_flags(lead, n, m, grad_x, grad_y):
-    x, y = _inputs(lead, n, m, torch.float32, seed=3)
-    x, y = x.to(DEVICE), y.to(DEVICE)
-    w_all, dx_all, dy_all = fwd(x, y, 2)
-    w, dx, dy = fwd(x, y, 2, grad_x, grad_y)
-    torch.testing.assert_close(w, w_all, rtol=1e-6, atol=1e-7)
-    assert torch.equal(dx, dx_all) if grad_x else dx.numel() == 0
-    assert torch.equal(dy, dy_all) if grad_y else dy.numel() == 0
-
-
-@needs_gpu
-@pytest.mark.parametrize("n,m", [(20, 20), (20, 13), (5000, 5000), (5000, 3001)])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-def test_nan_poisons_only_its_row(n, m, dtype):
-    x, y = _inputs((4,), n, m, dtype, seed=5)
-    x[0, n // 2] = float("nan")
-    y[1, 0] = float("nan")
-    x[2, -1] = -float("nan")
-    w, dx, dy = fwd(x.to(DEVICE), y.to(DEVICE), 1)
-    assert torch.isnan(w[:3]).all() and torch.isnan(dx[:3]).all() and torch.isnan(dy[:3]).all()
-    wc, dxc, dyc = fwd(x[3:], y[3:], 1)
-    torch.testing.assert_close(w[3:].cpu(), wc, **TOL[dtype])
-    _close_grad(dx[3:].cpu(), dxc, dtype)
-    _close_grad(dy[3:].cpu(), dyc, dtype)
-
-
-@needs_gpu
-@pytest.mark.parametrize("n", [4, 5000])
-def test_infinities_and_signed_zeros_match_cpu(n):
-    x = torch.zeros(3, n)
-    y = torch.zeros(3, n)
-    x[0, ::2] = -0.0
-    y[0, 1::2] = -0.0
-    x[1, 0], y[1, 1] = float("inf"), float("inf")  # inf - inf = NaN in that row, as IEEE says
-    x[2, 0], y[2, 0] = -float("inf"), 1.0
-    w, dx, dy = fwd(x.to(DEVICE), y.to(DEVICE), 1)
-    wc, dxc, dyc = fwd(x, y, 1)
-    torch.testing.assert_close(w.cpu(), wc, equal_nan=True)
-    torch.testing.assert_close(dx.cpu(), dxc, equal_nan=True)
-    torch.testing.assert_close(dy.cpu(), dyc, equal_nan=True)
-    assert w[0].item() == 0.0 and (dx[0] == 0).all()
-
-
-@needs_gpu
-@pytest.mark.parametrize("p", [1, 2])
-def test_autograd_non_contiguous_and_leading_dims(p):
-    g = torch.Generator().manual_seed(11)
-    base_x = torch.randn(4, 6, 50, generator=g, dtype=torch.float64)
-    base_y = torch.randn(4, 6, 80, generator=g, dtype=torch.float64)
-    results = []
-    for dev in (torch.device("cpu"), DEVICE):
-        bx = base_x.to(dev).requires_grad_(True)
-        by = base_y.to(dev).requires_grad_(True)
-        x = bx.transpose(0, 1)[..., ::2]  # (6, 4, 25), non-contiguous
-        y = by.transpose(0, 1)[..., 1::2]  # (6, 4, 40)
-        w = pdl_ext.wasserstein_1d(x, y, p)
-        w.backward(torch.linspace(0.5, 2.0, w.numel(), dtype=w.dtype, device=dev).reshape(w.shape))
-        results.append((w.detach().cpu(), bx.grad.cpu(), by.grad.cpu()))
-    for a, b in zip(*results):
-        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
-
-
-@needs_gpu
-def test_empty_and_scalar_shapes():
-    w, dx, dy = fwd(torch.randn(0, 5, device=DEVICE), torch.randn(0, 3, device=DEVICE), 1)
-    assert w.shape == (0,) and dx.shape == (0, 5) and dy.shape == (0, 3)
-    x, y = torch.randn(7, dtype=torch.float64), torch.randn(5, dtype=torch.float64)
-    w, dx, dy = fwd(x.to(DEVICE), y.to(DEVICE), 2)
-    assert w.shape == () and dx.shape == (7,) and dy.shape == (5,)
-    torch.testing.assert_close(w.cpu(), reference.wasserstein_1d(x, y, 2), rtol=1e-12, atol=1e-14)
-
-
-@needs_gpu
-@pytest.mark.parametrize("p", [1, 2])
-@pytest.mark.parametrize("n,m", [(6, 6), (7, 4), (1, 5), (3000, 3000)])
-def test_gradcheck(p, n, m):
-    g = torch.Generator().manual_seed(n + m)
-    x = torch.randn(2, n, generator=g, dtype=torch.float64).to(DEVICE).requires_grad_(True)
-    y = torch.randn(2, m, generator=g, dtype=torch.float64).to(DEVICE).requires_grad_(True)
-    if n > 100:  # long rows: check the gradient along a few random directions only
-        assert torch.autograd.gradcheck(lambda a, b: pdl_ext.wasserstein_1d(a, b, p), (x, y), fast_mode=True)
-    else:
-        assert torch.autograd.gradcheck(lambda a, b: pdl_ext.wasserstein_1d(a, b, p), (x, y))
-
-
-@needs_gpu
-@pytest.mark.parametrize("n,m", [(32, 32), (32, 20), (5000, 5000)])
-@pytest.mark.parametrize("grad_x,grad_y", [(True, False), (True, True), (False, False)])
-def test_opcheck_fwd(n, m, grad_x, grad_y):
-    x = torch.randn(3, n, device=DEVICE, requires_grad=grad_x)
-    y = torch.randn(3, m, device=DEVICE, requires_grad=grad_y)
-    torch.library.opcheck(torch.ops.pdl_ext.wasserstein_1d_fwd, (x, y, 1, grad_x, grad_y))
-
-
-@needs_gpu
-def test_opcheck_composite_and_backward():
-    x = torch.randn(3, 40, device=DEVICE, requires_grad=True)
-    y = torch.randn(3, 30, device=DEVICE)
-    torch.library.opcheck(torch.ops.pdl_ext.wasserstein_1d, (x, y, 2))
-    torch.library.opcheck(torch.ops.pdl_ext.wasserstein_1d_bwd, (torch.randn(3, device=DEVICE), torch.randn(3, 40, device=DEVICE)))
-
-
-@needs_gpu
-def test_torch_compile_fullgraph():
-    torch._dynamo.reset()
-
-    def loss(a, b):
-        return (pdl_ext.wasserstein_1d(a, b, 2) * 2).sum()
-
-    compiled = torch.compile(loss, fullgraph=True)
-    x = torch.randn(8, 300, device=DEVICE, requires_grad=True)
-    y = torch.randn(8, 300, device=DEVICE)
-    eager = loss(x, y)
-    (gx_eager,) = torch.autograd.grad(eager, x)
-    out = compiled(x, y)
-    (gx,) = torch.autograd.grad(out, x)
-    torch.testing.assert_close(out, eager)
-    torch.testing.assert_close(gx, gx_eager)
-
-
-@needs_gpu
-@pytest.mark.parametrize("n,m", [(1000, 1000), (700, 999), (70000, 70000), (70000, 50000)])
-def test_deterministic_bits(n, m):
-    x, y = _inputs((3,), n, m, torch.float32, seed=9)
-    x, y = x.to(DEVICE), y.to(DEVICE)
-    first = fwd(x, y, 1)
-    for _ in range(2):
-        again = fwd(x, y, 1)
-        assert all(torch.equal(a, b) for a, b in zip(first, again))
+        torch.testing.assert_close(w, wr, **cpu_kernel.TOL[dtype])
 
 
 @needs_gpu
@@ -347,14 +199,14 @@ def test_runs_on_the_current_stream():
 
 @needs_gpu
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")
-def test_second_device():
+def test_second_device(cpu_kernel):
     x, y = _inputs((5,), 300, 200, torch.float32, seed=4)
     expected = fwd(x, y, 1)
     with torch.cuda.device(0):
         got = fwd(x.to("cuda:1"), y.to("cuda:1"), 1)
     assert got[0].device == torch.device("cuda:1")
-    torch.testing.assert_close(got[0].cpu(), expected[0], **TOL[torch.float32])
-    _close_grad(got[1].cpu(), expected[1], torch.float32)
+    torch.testing.assert_close(got[0].cpu(), expected[0], **cpu_kernel.TOL[torch.float32])
+    cpu_kernel.close_grad(got[1].cpu(), expected[1], torch.float32)
 
 
 @needs_gpu
@@ -366,118 +218,117 @@ def test_device_mismatch_is_an_error():
 
 
 # ----------------------------------------------------------------------------------------------
-# normalized_wasserstein_1d (channel L2 normalization fused into the same kernels)
+# The losses on the GPU against the CPU (.ci/gpu_check.sh stage 2: `pytest -m gpu_losses`)
 
 
-def _features(b, c, n, dtype, seed):
-    """ReLU-like features (some all-zero positions, where the norm is 0) of shape (b, c, n)."""
-    g = torch.Generator().manual_seed(seed)
-    f = torch.relu(torch.randn(b, c, n, generator=g, dtype=torch.float64))
-    f[:, :, ::7] = 0.0
-    return f.to(dtype)
+def _relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.detach().double().cpu(), b.detach().double().cpu()
+    return float((a - b).norm() / b.norm().clamp_min(1e-300))
 
 
-def _exact_norm_features(b, n, dtype, seed):
-    """(b, 3, n) features whose channel norms every reduction order computes exactly: each position is
-    a Pythagorean quadruple (a, b, c; k) permuted and scaled by a power of 2, or all zero."""
-    quads = torch.tensor([[1, 2, 2], [2, 3, 6], [1, 4, 8], [4, 4, 7], [2, 6, 9], [6, 6, 7], [3, 4, 12], [2, 10, 11],
-                          [0, 3, 4], [0, 0, 1]], dtype=torch.float64)
-    g = torch.Generator().manual_seed(seed)
-    v = quads[torch.randint(len(quads), (b, n), generator=g)]  # (b, n, 3)
-    v = torch.gather(v, 2, torch.argsort(torch.rand(b, n, 3, generator=g), dim=2))
-    v = v * torch.pow(2.0, torch.randint(-3, 4, (b, n, 1), generator=g).double())
-    v[:, ::11] = 0.0
-    return v.transpose(1, 2).contiguous().to(dtype)
+@pytest.fixture
+def exact_cuda_math():
+    """No TF32 in cuDNN convolutions and matmuls for the test (torch allows it in convolutions by
+    default), so a float32 network on the GPU computes what it computes on the CPU up to rounding."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
-@needs_gpu
-@pytest.mark.parametrize("b,n,m", [(2, 50, 50), (2, 300, 200), (1, 5000, 5000), (2, 4100, 3000)])
-@pytest.mark.parametrize("p", [1, 2])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
-def test_normalized_matches_cpu_kernel(b, n, m, p, dtype):
-    # Exact norms: the normalized values, and so the sort orders, are the same on both devices.
-    x, y = _exact_norm_features(b, n, dtype, seed=n), _exact_norm_features(b, m, dtype, seed=m + 1)
-    w, dx, dy, nx, ny = torch.ops.pdl_ext.normalized_wasserstein_1d_fwd(x.to(DEVICE), y.to(DEVICE), p, True, True)
-    wc, dxc, dyc, nxc, nyc = torch.ops.pdl_ext.normalized_wasserstein_1d_fwd(x, y, p, True, True)
-    assert torch.equal(nx.cpu(), nxc) and torch.equal(ny.cpu(), nyc)
-    torch.testing.assert_close(w.cpu(), wc, **TOL[dtype])
-    if n == m:
-        assert torch.equal(dx.cpu(), dxc)
-        assert torch.equal(dy.cpu(), dyc)
-    else:
-        _close_grad(dx.cpu(), dxc, dtype)
-        _close_grad(dy.cpu(), dyc, dtype)
-
-
-@needs_gpu
-@pytest.mark.parametrize("b,c,n,m", [(2, 3, 50, 50), (2, 4, 300, 200), (1, 3, 5000, 5000), (2, 2, 4100, 3000)])
-@pytest.mark.parametrize("p", [1, 2])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
-def test_normalized_random_features_match_cpu_kernel(b, c, n, m, p, dtype):
-    x, y = _features(b, c, n, dtype, seed=n), _features(b, c, m, dtype, seed=m + 1)
-    w, dx, dy, nx, ny = torch.ops.pdl_ext.normalized_wasserstein_1d_fwd(x.to(DEVICE), y.to(DEVICE), p, True, True)
-    wc, dxc, dyc, nxc, nyc = torch.ops.pdl_ext.normalized_wasserstein_1d_fwd(x, y, p, True, True)
-    torch.testing.assert_close(w.cpu(), wc, **TOL[dtype])
-    torch.testing.assert_close(nx.cpu(), nxc, **TOL[nxc.dtype])
-    torch.testing.assert_close(ny.cpu(), nyc, **TOL[nyc.dtype])
-    # Norms rounded differently may swap two nearly equal values in the sort, and with them their
-    # gradients; each row's sorted gradients do not depend on such swaps.
-    _close_grad(torch.sort(dx.cpu(), -1).values, torch.sort(dxc, -1).values, dtype)
-    _close_grad(torch.sort(dy.cpu(), -1).values, torch.sort(dyc, -1).values, dtype)
-
-
-@needs_gpu
-@pytest.mark.parametrize("b,c,n,m", [(2, 3, 40, 30), (1, 4, 5000, 5000)])
-def test_normalized_autograd_matches_cpu_and_reference(b, c, n, m):
-    from pdl_ext.ops import normalized_wasserstein_1d
-
-    x, y = _features(b, c, n, torch.float64, seed=1), _features(b, c, m, torch.float64, seed=2)
-    weights = torch.linspace(0.5, 2.0, b * c, dtype=torch.float64).reshape(b, c)
+def _loss_on_both(loss_cpu, x, y, tol):
+    """loss(x, y) and d/dx on the CPU and on the GPU (a deep copy of the module); compares them."""
     results = []
-    for dev, fn in ((torch.device("cpu"), normalized_wasserstein_1d), (DEVICE, normalized_wasserstein_1d),
-                    (DEVICE, reference.normalized_wasserstein_1d)):
-        xd = x.to(dev).requires_grad_(True)
-        yd = y.to(dev).requires_grad_(True)
-        w = fn(xd, yd, 2)
-        gx, gy = torch.autograd.grad(w, (xd, yd), weights.to(dev))
-        results.append((w.detach().cpu(), gx.cpu(), gy.cpu()))
-    for other in results[1:]:
-        for a, e in zip(other, results[0]):
-            torch.testing.assert_close(a, e, rtol=1e-9, atol=1e-12)
+    for dev, loss in ((torch.device("cpu"), loss_cpu), (DEVICE, copy.deepcopy(loss_cpu).to(DEVICE))):
+        xd = x.detach().to(dev).requires_grad_(True)
+        value = loss(xd, y.to(dev)) if y is not None else loss(xd)
+        (grad,) = torch.autograd.grad(value.sum(), xd)
+        assert value.device.type == dev.type and grad.device.type == dev.type
+        results.append((value.detach(), grad))
+    (v_cpu, g_cpu), (v_gpu, g_gpu) = results
+    assert torch.isfinite(v_gpu).all() and torch.isfinite(g_gpu).all()
+    assert g_cpu.abs().max() > 0  # the gradient reaches the image
+    # Relative errors of the whole value and gradient: sort orders of nearly tied features may differ
+    # between devices, which moves single atoms' subgradients but not the sums.
+    value_tol, grad_tol = tol
+    assert _relative_error(v_gpu, v_cpu) < value_tol, (v_gpu, v_cpu)
+    assert _relative_error(g_gpu, g_cpu) < grad_tol, _relative_error(g_gpu, g_cpu)
+
+
+def _images(b, size, dtype, seed):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(b, 3, size, size, generator=g, dtype=torch.float64).to(dtype)
+
+
+# (value, gradient) relative errors: float32 features rounded differently can swap nearly tied atoms
+# (and ReLU can zero one side's tiny value), which moves single p=1 subgradients of size 1/N.
+LOSS_TOL = {torch.float64: (1e-9, 1e-8), torch.float32: (1e-4, 1e-2)}
 
 
 @needs_gpu
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
-def test_normalized_bwd_matches_cpu_kernel(dtype):
-    g = torch.Generator().manual_seed(3)
-    f = _features(3, 5, 700, dtype, seed=4)
-    d = torch.randn(3, 5, 700, generator=g).to(dtype)
-    acc = torch.float64 if dtype == torch.float64 else torch.float32
-    norm = torch.linalg.vector_norm(f.to(acc), dim=1)
-    grad = torch.randn(3, 5, generator=g, dtype=acc).to(dtype)
-    got = torch.ops.pdl_ext.normalized_wasserstein_1d_bwd(grad.to(DEVICE), d.to(DEVICE), f.to(DEVICE), norm.to(DEVICE))
-    want = torch.ops.pdl_ext.normalized_wasserstein_1d_bwd(grad, d, f, norm)
-    assert got.dtype == dtype and got.shape == f.shape
-    assert (got[:, :, ::7] == 0).all()  # all-zero positions: gradient 0
-    torch.testing.assert_close(got.cpu(), want, **TOL[dtype])
+@pytest.mark.gpu_losses
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
+@pytest.mark.parametrize("kwargs", [dict(), dict(normalize=True), dict(p=2, projection="channel"),
+                                    dict(projection=8, normalize=True), dict(pixel_loss="l1")],
+                         ids=["spatial", "normalized", "channel-p2", "sliced-normalized", "pixel-l1"])
+def test_pdl_loss_on_cuda_matches_cpu(kwargs, dtype, exact_cuda_math):
+    from pdl_ext.losses.pdl import PDLLoss
+
+    torch.manual_seed(0)
+    loss = PDLLoss(layers=("relu1_2", "relu2_2", "relu3_3", "relu4_3"), pretrained=False, **kwargs).to(dtype)
+    _loss_on_both(loss, _images(2, 32, dtype, 1), _images(2, 32, dtype, 2), LOSS_TOL[dtype])
 
 
 @needs_gpu
-@pytest.mark.parametrize("n,m", [(6, 6), (7, 4)])
-def test_normalized_gradcheck(n, m):
-    from pdl_ext.ops import normalized_wasserstein_1d
+@pytest.mark.gpu_losses
+@pytest.mark.parametrize("distance", ["mse", "pdl"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
+def test_mdf_loss_on_cuda_matches_cpu(distance, dtype, exact_cuda_math):
+    from pdl_ext.losses.mdf import MDFLoss
 
-    g = torch.Generator().manual_seed(n * m)
-    x = (torch.rand(2, 3, n, generator=g, dtype=torch.float64) + 0.1).to(DEVICE).requires_grad_(True)
-    y = (torch.rand(2, 3, m, generator=g, dtype=torch.float64) + 0.1).to(DEVICE).requires_grad_(True)
-    assert torch.autograd.gradcheck(lambda a, b: normalized_wasserstein_1d(a, b, 2), (x, y))
+    torch.manual_seed(0)
+    loss = MDFLoss(num_scales=3, distance=distance, reduction="none").to(dtype)
+    with torch.no_grad():  # random BatchNorm statistics: the eval-mode normalization matters
+        for name, t in loss.state_dict().items():
+            if name.endswith("running_var"):
+                t.uniform_(0.5, 1.5)
+            elif name.endswith("running_mean"):
+                t.uniform_(-0.2, 0.2)
+    _loss_on_both(loss, _images(2, 40, dtype, 3), _images(2, 40, dtype, 4), LOSS_TOL[dtype])
 
 
 @needs_gpu
-def test_normalized_opcheck():
-    x = _features(2, 3, 40, torch.float32, seed=5).to(DEVICE).requires_grad_(True)
-    y = _features(2, 3, 30, torch.float32, seed=6).to(DEVICE)
-    torch.library.opcheck(torch.ops.pdl_ext.normalized_wasserstein_1d_fwd, (x, y, 1, True, False))
-    _, d, _, norm, _ = torch.ops.pdl_ext.normalized_wasserstein_1d_fwd(x, y, 1, True, False)
-    torch.library.opcheck(torch.ops.pdl_ext.normalized_wasserstein_1d_bwd,
-                          (torch.randn(2, 3, device=DEVICE), d, x.detach(), norm))
+@pytest.mark.gpu_losses
+@pytest.mark.parametrize("fidelity", ["l1", None])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
+def test_nima_loss_on_cuda_matches_cpu(fidelity, dtype, exact_cuda_math):
+    from torch import nn
+
+    from pdl_ext.losses.nima import NIMA, NIMALoss
+
+    torch.manual_seed(0)
+    backbone = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(),
+                             nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU())
+    loss = NIMALoss(NIMA(backbone, dropout=0.0), weight=0.5, fidelity=fidelity, reduction="none").to(dtype)
+    y = _images(3, 32, dtype, 6) if fidelity else None
+    _loss_on_both(loss, _images(3, 32, dtype, 5), y, LOSS_TOL[dtype])
+
+
+@needs_gpu
+@pytest.mark.gpu_losses
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
+@pytest.mark.parametrize("b,c,n,m", [(2, 64, 4096, 4096), (2, 128, 1024, 900), (1, 64, 16384, 16384)])
+def test_normalized_op_at_feature_sizes_matches_cpu(b, c, n, m, dtype, cpu_kernel):
+    # VGG-like feature sizes (relu1_2 of 64x64, relu3_3 of 128x128, relu1_2 of 128x128): the values,
+    # norms and, per row, the sorted derivatives (norms rounded differently may swap near ties).
+    g = torch.Generator().manual_seed(n + c)
+    x = torch.relu(torch.randn(b, c, n, generator=g)).to(dtype)
+    y = torch.relu(torch.randn(b, c, m, generator=g)).to(dtype)
+    op = torch.ops.pdl_ext.normalized_wasserstein_1d_fwd
+    w, dx, dy, nx, ny = op(x.to(DEVICE), y.to(DEVICE), 1, True, True)
+    wc, dxc, dyc, nxc, nyc = op(x, y, 1, True, True)
+    tol = cpu_kernel.TOL
+    torch.testing.assert_close(w.cpu(), wc, **tol[dtype])
+    torch.testing.assert_close(nx.cpu(), nxc, **tol[nxc.dtype])
+    cpu_kernel.close_grad(torch.sort(dx.cpu(), -1).values, torch.sort(dxc, -1).values, dtype)
+    cpu_kernel.close_grad(torch.sort(dy.cpu(), -1).values, torch.sort(dyc, -1).values, dtype)

@@ -15,6 +15,9 @@ row's value and gradients NaN, other rows are untouched; infinities follow IEEE 
 Profiles (environment variable HYPOTHESIS_PROFILE): ``fast`` (default, about a minute), ``deep``
 (thousands of examples and longer rows, for a release), ``sanitize`` (short, for .ci/sanitize.sh).
 The number of examples run is printed at the end of the module.
+
+Every test takes the ``device`` fixture (tests/conftest.py): inputs are drawn on the CPU, then moved
+to the device; the reference runs on the same device. ``cuda`` cases skip without a GPU.
 """
 from __future__ import annotations
 
@@ -33,7 +36,9 @@ from pdl_ext.projection import projected_distance, random_directions
 pytestmark = pytest.mark.skipif(not extension.COMPILED, reason="C++ extension not built (the reference would test itself)")
 
 _COMMON = dict(deadline=None, print_blob=True,
-               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much])
+               # function_scoped_fixture: the only fixture is `device`, a constant string per test
+               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much,
+                                      HealthCheck.function_scoped_fixture])
 # max_examples is the main test's; the others take a fraction of it. BUDGET bounds rows * (N + M).
 settings.register_profile("fast", max_examples=500, **_COMMON)
 settings.register_profile("deep", max_examples=6000, **_COMMON)
@@ -146,7 +151,7 @@ def _layout(v: torch.Tensor, layout: str) -> torch.Tensor:
     if layout == "transposed" and v.dim() >= 2:
         return v.transpose(-1, -2).contiguous().transpose(-1, -2)
     if layout == "strided":
-        out = torch.empty(v.shape[:-1] + (2 * v.shape[-1],), dtype=v.dtype)[..., ::2]
+        out = torch.empty(v.shape[:-1] + (2 * v.shape[-1],), dtype=v.dtype, device=v.device)[..., ::2]
         return out.copy_(v)
     if layout == "channels_last" and v.dim() == 4:
         return v.contiguous(memory_format=torch.channels_last)
@@ -190,7 +195,7 @@ def _run(fn, x: torch.Tensor, y: torch.Tensor, p: int, grad_x: bool, grad_y: boo
     w = fn(x, y, p)
     g = torch.empty(w.shape, dtype=torch.float64).uniform_(0.5, 1.5, generator=torch.Generator().manual_seed(upstream_seed))
     wanted = [t for t, on in ((x, grad_x), (y, grad_y)) if on]
-    grads = list(torch.autograd.grad(w, wanted, g.to(w.dtype))) if w.numel() else [torch.zeros_like(t) for t in wanted]
+    grads = list(torch.autograd.grad(w, wanted, g.to(w.device, w.dtype))) if w.numel() else [torch.zeros_like(t) for t in wanted]
     gx = grads.pop(0) if grad_x else None
     gy = grads.pop(0) if grad_y else None
     return w.detach(), gx, gy
@@ -243,13 +248,13 @@ def _inject_nan(v: torch.Tensor, seed: int) -> torch.Tensor:
 
 @_profile(1.0)
 @given(_w1d_case())
-def test_wasserstein_1d_matches_reference(case):
+def test_wasserstein_1d_matches_reference(device, case):
     EXAMPLES["wasserstein_1d"] += 1
     note(repr(case))
     n, m, lead, p, dtype = case["n"], case["m"], case["lead"], case["p"], case["dtype"]
     seed = case["seed"]
-    x = _values(lead + (n,), dtype, case["kind_x"], case["magnitude"], seed, case["inf_rate"])
-    y = _values(lead + (m,), dtype, case["kind_y"], case["magnitude"], seed + 1, case["inf_rate"])
+    x = _values(lead + (n,), dtype, case["kind_x"], case["magnitude"], seed, case["inf_rate"]).to(device)
+    y = _values(lead + (m,), dtype, case["kind_y"], case["magnitude"], seed + 1, case["inf_rate"]).to(device)
     if case["nan"] in ("x", "both"):
         x = _inject_nan(x, seed + 2)
     if case["nan"] in ("y", "both"):
@@ -326,10 +331,10 @@ def _normalized_values(shape: Tuple[int, ...], dtype: torch.dtype, kind: str, ma
     return v.to(dtype)
 
 
-def _normalized_inputs(case) -> Tuple[torch.Tensor, torch.Tensor]:
+def _normalized_inputs(case, device: str = "cpu") -> Tuple[torch.Tensor, torch.Tensor]:
     b, c, n, m, dtype, seed = case["b"], case["c"], case["n"], case["m"], case["dtype"], case["seed"]
-    x = _normalized_values((b, c, n), dtype, case["kind"], case["magnitude"], seed)
-    y = _normalized_values((b, c, m), dtype, case["kind"], case["magnitude"], seed + 1)
+    x = _normalized_values((b, c, n), dtype, case["kind"], case["magnitude"], seed).to(device)
+    y = _normalized_values((b, c, m), dtype, case["kind"], case["magnitude"], seed + 1).to(device)
     if case["zero_positions"]:
         x[:, :, ::3] = 0  # all-zero positions: a zero norm
         y[:, :, 1::4] = 0
@@ -341,10 +346,10 @@ def _normalized_inputs(case) -> Tuple[torch.Tensor, torch.Tensor]:
 
 @_profile(0.4)
 @given(_normalized_case())
-def test_normalized_wasserstein_1d_matches_reference(case):
+def test_normalized_wasserstein_1d_matches_reference(device, case):
     EXAMPLES["normalized_wasserstein_1d"] += 1
     note(repr(case))
-    x, y = _normalized_inputs(case)
+    x, y = _normalized_inputs(case, device)
     p, dtype = case["p"], case["dtype"]
     grad_x, grad_y = case["grads"] in ("both", "x"), case["grads"] == "both"
     w, gx, gy = _run(ops.normalized_wasserstein_1d, x, y, p, grad_x, grad_y, case["seed"])
@@ -413,17 +418,17 @@ def _projected_reference(fx: torch.Tensor, fy: torch.Tensor, p: int, projection:
 
 @_profile(0.3)
 @given(_projection_case())
-def test_projected_distance_matches_reference(case):
+def test_projected_distance_matches_reference(device, case):
     EXAMPLES["projected_distance"] += 1
     note(repr(case))
     b, c, dtype, seed = case["b"], case["c"], case["dtype"], case["seed"]
-    fx = _layout(_values((b, c, case["h"], case["w"]), dtype, case["kind"], "unit", seed), case["layout"])
-    fy = _layout(_values((b, c, case["h2"], case["w2"]), dtype, case["kind"], "unit", seed + 1), case["layout"])
+    fx = _layout(_values((b, c, case["h"], case["w"]), dtype, case["kind"], "unit", seed).to(device), case["layout"])
+    fy = _layout(_values((b, c, case["h2"], case["w2"]), dtype, case["kind"], "unit", seed + 1).to(device), case["layout"])
     projection: object = case["projection"]
     directions = None
     if projection == "sliced":
         projection = case["k"]
-        directions = random_directions(case["k"], c, seed % 1000, dtype=dtype)
+        directions = random_directions(case["k"], c, seed % 1000, device=device, dtype=dtype)
     passed = directions if case["explicit_directions"] else None
     p, normalize = case["p"], case["normalize"]
 
@@ -467,10 +472,10 @@ def _row(max_len: int) -> st.SearchStrategy:
 @_profile(0.5)
 @given(_row(40), _row(40), st.sampled_from((1, 2)), st.sampled_from((torch.float32, torch.float64)),
        st.sampled_from(("both", "x", "none")))
-def test_small_explicit_rows(xs, ys, p, dtype, grads):
+def test_small_explicit_rows(device, xs, ys, p, dtype, grads):
     EXAMPLES["explicit rows"] += 1
-    x = torch.tensor([xs], dtype=dtype)
-    y = torch.tensor([ys], dtype=dtype)
+    x = torch.tensor([xs], dtype=dtype, device=device)
+    y = torch.tensor([ys], dtype=dtype, device=device)
     grad_x, grad_y = grads in ("both", "x"), grads == "both"
     w, gx, gy = _run(ops.wasserstein_1d, x, y, p, grad_x, grad_y, 0)
     wr, gxr, gyr = _run(reference.wasserstein_1d, x.double(), y.double(), p, grad_x, grad_y, 0)
@@ -491,11 +496,11 @@ def test_small_explicit_rows(xs, ys, p, dtype, grads):
 # Edge cases found by the properties above, pinned as plain tests. The xfail ones are open bugs
 # (reported in issue 9 with these reproducers); strict, so a fix turns them into failures to remove.
 # ---------------------------------------------------------------------------------------------
-def test_normalized_nan_makes_the_whole_batch_nan():
+def test_normalized_nan_makes_the_whole_batch_nan(device):
     # A NaN feature makes its position's norm NaN, so every channel of that sample is NaN after the
     # normalization; the other sample is untouched.
-    x = torch.rand(2, 3, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-    y = torch.rand(2, 3, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    x = torch.rand(2, 3, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(0)).to(device)
+    y = torch.rand(2, 3, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1)).to(device)
     x[0, 1, 2] = float("nan")
     w, gx, gy = _run(ops.normalized_wasserstein_1d, x, y, 1, True, True, 0)
     assert torch.isnan(w[0]).all() and torch.isfinite(w[1]).all()
@@ -504,39 +509,39 @@ def test_normalized_nan_makes_the_whole_batch_nan():
     torch.testing.assert_close(w[1:], wr)
 
 
-def test_normalized_nan_position_gradient_is_nan():
-    x = torch.rand(1, 3, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-    y = torch.rand(1, 3, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+def test_normalized_nan_position_gradient_is_nan(device):
+    x = torch.rand(1, 3, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(0)).to(device)
+    y = torch.rand(1, 3, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1)).to(device)
     x[0, 1, 2] = float("nan")
     _, gx, _ = _run(ops.normalized_wasserstein_1d, x, y, 1, True, False, 0)
     assert torch.isnan(gx).all(), gx
 
 
-def test_reference_normalized_nan_matches_kernel():
-    x = torch.rand(1, 3, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-    y = torch.rand(1, 3, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+def test_reference_normalized_nan_matches_kernel(device):
+    x = torch.rand(1, 3, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(0)).to(device)
+    y = torch.rand(1, 3, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1)).to(device)
     x[0, 1, 2] = float("nan")
     assert torch.isnan(reference.normalized_wasserstein_1d(x, y, 1)).all()
 
 
 @pytest.mark.parametrize("v", [1e-20, 1e-30])
-def test_normalized_gradient_is_finite_for_tiny_norms(v):
+def test_normalized_gradient_is_finite_for_tiny_norms(v, device):
     # One channel: u = f / (|f| + eps) and du/df = eps / (f + eps)^2 for f > 0 (a direct formula).
-    x = torch.tensor([[[v]]], dtype=torch.float32)
-    y = torch.tensor([[[3 * v]]], dtype=torch.float32)
+    x = torch.tensor([[[v]]], dtype=torch.float32, device=device)
+    y = torch.tensor([[[3 * v]]], dtype=torch.float32, device=device)
     w, gx, gy = _run(ops.normalized_wasserstein_1d, x, y, 1, True, True, 0)
     eps, fx, fy = 1e-10, float(x), float(y)
     up = float(torch.empty(1, dtype=torch.float64).uniform_(0.5, 1.5, generator=torch.Generator().manual_seed(0)))
     want_gx = -up * eps / (fx + eps) ** 2  # u_x < u_y: dW/du_x = -1
     want_gy = up * eps / (fy + eps) ** 2
-    torch.testing.assert_close(gx.double().flatten(), torch.tensor([want_gx], dtype=torch.float64), rtol=1e-4, atol=0)
-    torch.testing.assert_close(gy.double().flatten(), torch.tensor([want_gy], dtype=torch.float64), rtol=1e-4, atol=0)
+    torch.testing.assert_close(gx.double().flatten().cpu(), torch.tensor([want_gx], dtype=torch.float64), rtol=1e-4, atol=0)
+    torch.testing.assert_close(gy.double().flatten().cpu(), torch.tensor([want_gy], dtype=torch.float64), rtol=1e-4, atol=0)
 
 
-def test_normalized_float32_large_features_match_float64():
+def test_normalized_float32_large_features_match_float64(device):
     g = torch.Generator().manual_seed(0)
-    x = torch.rand(1, 4, 50, dtype=torch.float64, generator=g) * 1e20
-    y = torch.rand(1, 4, 40, dtype=torch.float64, generator=g) * 1e20
+    x = (torch.rand(1, 4, 50, dtype=torch.float64, generator=g) * 1e20).to(device)
+    y = (torch.rand(1, 4, 40, dtype=torch.float64, generator=g) * 1e20).to(device)
     want = reference.normalized_wasserstein_1d(x, y, 1)  # float64: no overflow at 1e20
     assert float(want.min()) > 1e-3
     torch.testing.assert_close(ops.normalized_wasserstein_1d(x.float(), y.float(), 1).double(), want, rtol=1e-4, atol=1e-6)

@@ -1,6 +1,8 @@
 """Concurrency and determinism on the CPU: calls from several Python threads at once, and under other
 torch.set_num_threads settings, give the bits of serial calls; the same inputs give the same bits
 whatever the layout, the batch they sit in, or the thread count. Also a smoke run of benchmarks/soak.py.
+(`restore_threads` is the fixture of tests/conftest.py. The GPU's determinism is tested through the
+`device` fixture in test_wasserstein_1d.py.)
 """
 from __future__ import annotations
 
@@ -92,13 +94,6 @@ def _run_concurrently(jobs: Dict[str, Callable], workers: int, repeats: int, see
         return [(name, f.result(timeout=120)) for name, f in futures]
 
 
-@pytest.fixture
-def restore_threads():
-    before = torch.get_num_threads()
-    yield
-    torch.set_num_threads(before)
-
-
 def test_threads_give_the_bits_of_serial_calls(restore_threads):
     jobs = _workloads()
     serial = {name: job() for name, job in jobs.items()}
@@ -172,3 +167,33 @@ def test_soak_smoke():
         # a few calls cannot prove a leak's absence; they do catch a gross one (MiBs per call)
         assert r["peak_growth_mb"] < 64, r
     assert soak.main(["--calls", "4", "--warmup", "2", "--workloads", "wasserstein_1d", "--quiet"]) == 0
+
+
+def _ddp_worker(rank: int, world: int, x: torch.Tensor, y: torch.Tensor, out: str) -> None:
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)  # env:// (MASTER_ADDR/PORT from ddp_spawn)
+    try:
+        rows = x.shape[0] // world
+        xs = x[rank * rows:(rank + 1) * rows].clone().requires_grad_(True)
+        w = ops.wasserstein_1d(xs, y[rank * rows:(rank + 1) * rows], 1)
+        w.sum().backward()
+        values = [torch.empty_like(w) for _ in range(world)]
+        grads = [torch.empty_like(xs) for _ in range(world)]
+        dist.all_gather(values, w.detach())
+        dist.all_gather(grads, xs.grad)
+        if rank == 0:
+            torch.save((torch.cat(values), torch.cat(grads)), out)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_processes_give_the_bits_of_one(tmp_path, ddp_spawn):
+    # Each gloo process computes its half of the rows: together the bits of one process on all of them.
+    x = _with_specials(torch.randn(8, 700, generator=_gen(7)), 8)
+    y = torch.randn(8, 500, generator=_gen(9))
+    ddp_spawn(_ddp_worker, x, y, str(tmp_path / "ddp.pt"), world=2)
+    values, grads = torch.load(tmp_path / "ddp.pt", weights_only=True)
+    want = _forward_backward(lambda a, b: ops.wasserstein_1d(a, b, 1), x, y, False, torch.ones(8, dtype=torch.float64))
+    _assert_same_bits((values, grads), want, "2 gloo processes")
