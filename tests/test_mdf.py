@@ -5,7 +5,6 @@ import math
 import os
 import sys
 import textwrap
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,15 +26,6 @@ WEIGHTS = pretrained_path("sisr").parent
 
 # The weights folder's source README (shared/weights/mdf): figures computed with the published code (gfxdisp/mdf).
 FIGURES = {"SISR": (5.0480574369e-01, 3.6133703431e-01), "JPEG": (5.5720901489e-01, 2.3279891845e-01)}
-
-
-@pytest.fixture
-def one_thread():
-    # Tiny convolutions on a shared 2-core machine: OpenMP threads only contend (10x slower).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _random_series(widths, seed=0, dtype=torch.float64):

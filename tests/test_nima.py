@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import math
-import socket
 import time
 from pathlib import Path
 
@@ -18,16 +17,6 @@ from pdl_ext.losses.nima import NIMA, EMDLoss, NIMALoss, emd_loss, mean_score, s
 from pdl_ext.train.nima import (RatingDataset, gaussian_histogram, lcc, rating_metrics, read_ava,
                                 read_csv_ratings, read_ratings, srcc, train_nima)
 from pdl_ext.io.weights import load_state_dict, save_state_dict
-
-
-@pytest.fixture()
-def one_thread():
-    """One intra-op thread for this test only: on shared, busy cores OpenMP's spinning threads slow
-    small convolutions down tenfold."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 # ---------------------------------------------------------------- EMD and scores
@@ -516,12 +505,6 @@ def test_head_only_epochs_and_two_learning_rates(tmp_path, one_thread):
         torch.testing.assert_close(start[name] - p.detach(), lr * grad, rtol=1e-4, atol=1e-7, msg=name)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _train_tiny(csv_path: Path, out: Path) -> None:
     torch.manual_seed(0)
     nima = NIMA(TinyBackbone(width=4), dropout=0.0)  # no dropout, no BatchNorm: every process computes the same
@@ -529,23 +512,21 @@ def _train_tiny(csv_path: Path, out: Path) -> None:
                progress=False, log=None, out=out)
 
 
-def _ddp_worker(rank: int, world: int, port: int, csv_path: str, out: str) -> None:
+def _ddp_worker(rank: int, world: int, csv_path: str, out: str) -> None:
     import torch.distributed as dist
 
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         _train_tiny(Path(csv_path), Path(out))
     finally:
         dist.destroy_process_group()
 
 
-def test_ddp_two_processes_match_one(tmp_path, one_thread):
-    import torch.multiprocessing as mp
-
+def test_ddp_two_processes_match_one(tmp_path, one_thread, ddp_spawn):
     csv_path = _write_tiny_set(tmp_path / "data", 16)  # 12 training images: 3 steps of 4 per epoch
     _train_tiny(csv_path, tmp_path / "one.safetensors")
-    mp.spawn(_ddp_worker, args=(2, _free_port(), str(csv_path), str(tmp_path / "two.safetensors")), nprocs=2)
+    ddp_spawn(_ddp_worker, str(csv_path), str(tmp_path / "two.safetensors"))
     one, two = load_state_dict(tmp_path / "one.safetensors"), load_state_dict(tmp_path / "two.safetensors")
     torch.manual_seed(0)
     init = NIMA(TinyBackbone(width=4), dropout=0.0).state_dict()

@@ -1,6 +1,4 @@
 """PDLLoss against an independent computation (a VGG written here from a torchvision-format checkpoint)."""
-import os
-import socket
 
 import pytest
 import torch
@@ -217,11 +215,10 @@ def _loss_fn():
     return PDLLoss(backbone=lambda t: [feat(t)], check_range=False)
 
 
-def _ddp_worker(rank, world, port, x, y, out):
+def _ddp_worker(rank, world, x, y, out):
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     torch.set_num_threads(1)
     model = DDP(_tiny_net())
@@ -234,16 +231,10 @@ def _ddp_worker(rank, world, port, x, y, out):
     dist.destroy_process_group()
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_ddp_two_processes_match_one(tmp_path):
+def test_ddp_two_processes_match_one(tmp_path, ddp_spawn):
     x, y = _images(4, 16, 16, seed=20, dtype=torch.float32), _images(4, 16, 16, seed=21, dtype=torch.float32)
     out = tmp_path / "grads.pt"
-    torch.multiprocessing.spawn(_ddp_worker, args=(2, _free_port(), x, y, str(out)), nprocs=2, join=True)
+    ddp_spawn(_ddp_worker, x, y, str(out))
     ddp_grads = torch.load(out, weights_only=True)
     model = _tiny_net()
     _loss_fn()(model(x), y).backward()
