@@ -7,7 +7,6 @@ import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
 import torch
@@ -87,8 +86,8 @@ def measure_memory(jobs: List[Dict[str, Any]], threads: int, timeout: float = 90
     env = dict(os.environ)
     # A fixed threshold disables glibc's adaptive one, under which freed large buffers stay resident.
     env["MALLOC_MMAP_THRESHOLD_"] = "65536"
-    package_root = str(Path(__file__).resolve().parents[3])
-    env["PYTHONPATH"] = os.pathsep.join([package_root] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    # The worker imports the pdl_ext this process runs (a source checkout or an install) by its sys.path.
+    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
     code = "import sys; from pdl_ext.apps.bench.memory import _memory_worker; sys.exit(_memory_worker())"
     try:
         proc = subprocess.run(
