@@ -291,6 +291,113 @@ def test_merge_atom_f64_long_against_short(merge_atom_f64_exe):
     assert loss == (m + 1) / 2  # mean of 1 .. m, exact in double
 
 
+_ROW_MATCH_MAIN = r"""
+#include "cuda/device_math.h"
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <numeric>
+#include <vector>
+
+// The CUDA kernels' matching on the host: one row pair sorted as the kernels sort (KeyTraits keys,
+// ties by position), then RowMatch::rank over every rank, as the threads of a block take them.
+// argv: f|d gx gy; stdin: n m p, then x and y (hex). stdout: the loss, dx (n values when gx), dy.
+template <typename A> int run(int gx, int gy) {
+  long n, m;
+  int p;
+  if (std::scanf("%ld %ld %d", &n, &m, &p) != 3) return 2;
+  std::vector<A> x(n), y(m);
+  char buf[64];
+  for (auto& v : x) { if (std::scanf("%63s", buf) != 1) return 1; v = static_cast<A>(std::strtod(buf, nullptr)); }
+  for (auto& v : y) { if (std::scanf("%63s", buf) != 1) return 1; v = static_cast<A>(std::strtod(buf, nullptr)); }
+  using KT = pdl_ext::KeyTraits<A>;
+  auto sorted = [](const std::vector<A>& v, std::vector<int32_t>& pos, std::vector<A>& val) {
+    pos.resize(v.size());
+    std::iota(pos.begin(), pos.end(), 0);
+    std::stable_sort(pos.begin(), pos.end(), [&](int32_t a, int32_t b) { return KT::to_key(v[a]) < KT::to_key(v[b]); });
+    val.resize(v.size());
+    for (size_t r = 0; r < v.size(); ++r) val[r] = KT::from_key(KT::to_key(v[pos[r]]));
+  };
+  std::vector<int32_t> px, py;
+  std::vector<A> sx, sy;
+  sorted(x, px, sx);
+  sorted(y, py, sy);
+  std::vector<A> dx(n), dy(m);
+  const pdl_ext::RowMatch<A, A> match(n, m, p, gx ? dx.data() : nullptr, gy ? dy.data() : nullptr);
+  double sum = 0.0;
+  for (long r = 0; r < std::max(n, m); ++r) {
+    sum += match.rank(r, r < n ? sx[r] : A(0), r < n ? px[r] : 0, r < m ? sy[r] : A(0), r < m ? py[r] : 0,
+                      [&](int64_t i) { return sx[i]; }, [&](int64_t j) { return sy[j]; });
+  }
+  std::printf("%a\n", static_cast<double>(match.loss(sum)));
+  for (long i = 0; gx && i < n; ++i) std::printf("%a\n", static_cast<double>(dx[i]));
+  for (long j = 0; gy && j < m; ++j) std::printf("%a\n", static_cast<double>(dy[j]));
+  return 0;
+}
+
+int main(int argc, char** argv) {
+  if (argc < 4) return 2;
+  const int gx = std::atoi(argv[2]), gy = std::atoi(argv[3]);
+  return argv[1][0] == 'd' ? run<double>(gx, gy) : run<float>(gx, gy);
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def row_match_exe(tmp_path_factory):
+    cxx = shutil.which("c++") or shutil.which("g++")
+    if cxx is None:
+        pytest.skip("no C++ compiler")
+    d = tmp_path_factory.mktemp("row_match")
+    (d / "main.cpp").write_text(_ROW_MATCH_MAIN)
+    exe = d / "row_match"
+    subprocess.run([cxx, "-std=c++17", "-O2", "-ffp-contract=off", f"-I{ROOT / 'csrc'}", str(d / "main.cpp"),
+                    "-o", str(exe)], check=True, capture_output=True, timeout=120)
+    return exe
+
+
+@pytest.mark.parametrize("n,m", [(1, 1), (1, 9), (9, 1), (7, 7), (100, 37), (37, 100), (256, 255), (300, 1000)])
+@pytest.mark.parametrize("p", [1, 2])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("grad_x,grad_y", [(True, True), (True, False), (False, True), (False, False)])
+def test_row_match_on_the_host(row_match_exe, n, m, p, dtype, grad_x, grad_y):
+    # RowMatch (both CUDA kernels' matching) with rows that tie (+-0.0 too): every rank's gradient is
+    # merge_atom_f64's (or, for N = M, the CPU kernel's), at the right position, and the loss counts
+    # every segment once whichever gradients are wanted.
+    x, y = _rows((2,), n, m, dtype, seed=n * m + p)
+    x, y = x[1], y[1]  # the row with ties
+    text = f"{n} {m} {p}\n" + "\n".join(float(v).hex() for v in torch.cat([x, y]).tolist()) + "\n"
+    out = subprocess.run([str(row_match_exe), "d" if dtype == torch.float64 else "f", str(int(grad_x)), str(int(grad_y))],
+                         input=text, capture_output=True, text=True, check=True, timeout=60)
+    vals = [float.fromhex(t) for t in out.stdout.split()]
+    assert len(vals) == 1 + (n if grad_x else 0) + (m if grad_y else 0)
+    loss = torch.tensor(vals[0], dtype=dtype)
+    dx = torch.tensor(vals[1:1 + n] if grad_x else [], dtype=torch.float64).to(dtype)
+    dy = torch.tensor(vals[1 + n if grad_x else 1:], dtype=torch.float64).to(dtype)
+    torch.testing.assert_close(loss, reference.wasserstein_1d(x, y, p), **TOL[dtype])
+    # The expected gradients, by rank: the CPU kernel's arithmetic for N = M, the documented formula else.
+    ox, oy = torch.sort(x + 0.0, stable=True), torch.sort(y + 0.0, stable=True)
+    if n == m:
+        d = ox.values - oy.values
+        g = (torch.sign(d) if p == 1 else 2 * d) * torch.tensor(1.0 / n, dtype=torch.float64).to(dtype)
+        gx_rank, gy_rank = g, -g
+    else:
+        grads, _, _ = _formula(ox.values.tolist(), oy.values.tolist(), p, dtype)
+        gx_rank = torch.tensor(grads[:n], dtype=torch.float64).to(dtype)
+        gy_rank = torch.tensor(grads[n:], dtype=torch.float64).to(dtype)
+    if grad_x:
+        _bits_equal(dx, torch.empty_like(x).index_put_((ox.indices,), gx_rank))
+    if grad_y:
+        _bits_equal(dy, torch.empty_like(y).index_put_((oy.indices,), gy_rank))
+    if extension.COMPILED and (n == m or dtype == torch.float64):
+        w, dxc, dyc = fwd(x[None], y[None], p, grad_x, grad_y)
+        torch.testing.assert_close(loss, w[0], rtol=1e-6 if dtype == torch.float32 else 1e-13, atol=1e-12)
+        if grad_x:
+            _bits_equal(dx, dxc[0])
+        if grad_y:
+            _bits_equal(dy, dyc[0])
+
+
 # ----------------------------------------------------------------------------------------------
 # Gradient precision for N != M (double sums) against float64
 

@@ -5,7 +5,7 @@
 // of this header need -ffp-contract=off, as the CPU build and the tests use).
 //
 // Host-and-device code: the host tests compile this header with a C++ compiler
-// (tests/test_cuda_kernels.py) to check merge_atom_f64 without a GPU.
+// (tests/test_cuda_kernels.py) to check merge_atom_f64 and RowMatch without a GPU.
 #pragma once
 
 #include <cstdint>
@@ -61,6 +61,61 @@ PDL_HD double merge_atom_f64(int64_t a, A va, int64_t na, int64_t nb, int p, Oth
   }
   return g;
 }
+
+// ---------------------------------------------------------------------------------------------
+// The matching of one sorted row pair, shared by both CUDA kernels (block_row_kernel and
+// match_rows_kernel). A thread takes ranks r: x's atom of rank r (r < n: value vx, position px in
+// the row) and y's (r < m: vy, py), writes their gradients and returns their share of the loss.
+// sx(i) / sy(j) read the sorted rows (unequal sizes only). The loss is summed in double, as on the
+// CPU; for unequal sizes each segment's cost is counted once, on the atoms of the longer side (each
+// of them has at most 2 segments). A is the opmath type of scalar_t.
+// ---------------------------------------------------------------------------------------------
+template <typename scalar_t, typename A>
+struct RowMatch {
+  int64_t n, m;
+  int p;
+  scalar_t* dx;   // this row's outputs; null when that gradient is not wanted
+  scalar_t* dy;
+  A inv_n;        // 1 / N (equal sizes)
+  double inv_nm;  // 1 / (N M) (unequal sizes)
+
+  PDL_HD RowMatch(int64_t n_, int64_t m_, int p_, scalar_t* dx_, scalar_t* dy_)
+      : n(n_), m(m_), p(p_), dx(dx_), dy(dy_), inv_n(static_cast<A>(1.0 / static_cast<double>(n_))),
+        inv_nm(1.0 / (static_cast<double>(n_) * static_cast<double>(m_))) {}
+
+  template <typename SX, typename SY>
+  PDL_HD double rank(int64_t r, A vx, int32_t px, A vy, int32_t py, SX sx, SY sy) const {
+    if (n == m) {
+      if (r >= n) return 0.0;
+      const A d = vx - vy;
+      const A g = pair_grad(d, p) * inv_n;  // products only: no contraction, the CPU's bits
+      if (dx != nullptr) dx[px] = static_cast<scalar_t>(g);
+      if (dy != nullptr) dy[py] = static_cast<scalar_t>(-g);
+      return static_cast<double>(pair_cost(d, p));
+    }
+    const bool cost_on_x = n >= m;
+    double part = 0.0;
+    if (r < n && (cost_on_x || dx != nullptr)) {
+      double cost = 0.0;
+      const double g = merge_atom_f64<true>(r, vx, n, m, p, sy, cost);
+      if (cost_on_x) part += cost;
+      if (dx != nullptr) dx[px] = static_cast<scalar_t>(g * inv_nm);
+    }
+    if (r < m && (!cost_on_x || dy != nullptr)) {
+      double cost = 0.0;
+      const double g = merge_atom_f64<false>(r, vy, m, n, p, sx, cost);
+      if (!cost_on_x) part += cost;
+      if (dy != nullptr) dy[py] = static_cast<scalar_t>(g * inv_nm);
+    }
+    return part;
+  }
+
+  // W_p^p from the sum of every rank's rank().
+  PDL_HD scalar_t loss(double sum) const {
+    return static_cast<scalar_t>(n == m ? sum / static_cast<double>(n)
+                                        : sum / (static_cast<double>(n) * static_cast<double>(m)));
+  }
+};
 
 // normalize_grad (wasserstein_math.h) with every product and sum rounded: the same bits as the CPU.
 template <typename A> PDL_HD A normalize_grad_rn(A h, A f, A s, A r) {

@@ -6,7 +6,7 @@
 //   then the same kernel matches, reduces and writes the gradient: one read of x and y, one write.
 // - long rows: keys_kernel makes the sort keys (and int32 positions), cub::DeviceSegmentedRadixSort
 //   sorts every row, and match_rows_kernel (a block per row) matches, reduces and writes the gradient.
-//   Both kernels match through RowMatch.
+//   Both kernels match through RowMatch (device_math.h).
 // - normalized_wasserstein_1d: the same kernels read each element times 1 / (||f[b, :, i]|| + eps)
 //   (a per-position scale); the normalization's backward is in channel_norm.cu.
 //
@@ -55,61 +55,6 @@ __device__ void fill_nan_row(int64_t n, int64_t m, scalar_t* dx, scalar_t* dy) {
   for (int64_t i = threadIdx.x; dx != nullptr && i < n; i += blockDim.x) dx[i] = nan;
   for (int64_t j = threadIdx.x; dy != nullptr && j < m; j += blockDim.x) dy[j] = nan;
 }
-
-// ---------------------------------------------------------------------------------------------
-// The matching of one sorted row pair, shared by both kernels. A thread takes ranks r: x's atom
-// of rank r (r < n: value vx, position px in the row) and y's (r < m: vy, py), writes their
-// gradients and returns their share of the loss. sx(i) / sy(j) read the sorted rows (unequal
-// sizes only). The loss is summed in double, as on the CPU; for unequal sizes each segment's cost
-// is counted once, on the atoms of the longer side (each of them has at most 2 segments).
-// ---------------------------------------------------------------------------------------------
-template <typename scalar_t>
-struct RowMatch {
-  using A = at::opmath_type<scalar_t>;
-  int64_t n, m;
-  int p;
-  scalar_t* dx;  // this row's outputs; null when that gradient is not wanted
-  scalar_t* dy;
-  A inv_n;       // 1 / N (equal sizes)
-  double inv_nm; // 1 / (N M) (unequal sizes)
-
-  __device__ RowMatch(int64_t n_, int64_t m_, int p_, scalar_t* dx_, scalar_t* dy_)
-      : n(n_), m(m_), p(p_), dx(dx_), dy(dy_), inv_n(static_cast<A>(1.0 / static_cast<double>(n_))),
-        inv_nm(1.0 / (static_cast<double>(n_) * static_cast<double>(m_))) {}
-
-  template <typename SX, typename SY>
-  __device__ __forceinline__ double rank(int64_t r, A vx, int32_t px, A vy, int32_t py, SX sx, SY sy) const {
-    if (n == m) {
-      if (r >= n) return 0.0;
-      const A d = vx - vy;
-      const A g = pair_grad(d, p) * inv_n;  // no sum: no contraction, the CPU's bits
-      if (dx != nullptr) dx[px] = static_cast<scalar_t>(g);
-      if (dy != nullptr) dy[py] = static_cast<scalar_t>(-g);
-      return static_cast<double>(pair_cost(d, p));
-    }
-    const bool cost_on_x = n >= m;
-    double part = 0.0;
-    if (r < n && (cost_on_x || dx != nullptr)) {
-      double cost = 0.0;
-      const double g = merge_atom_f64<true>(r, vx, n, m, p, sy, cost);
-      if (cost_on_x) part += cost;
-      if (dx != nullptr) dx[px] = static_cast<scalar_t>(g * inv_nm);
-    }
-    if (r < m && (!cost_on_x || dy != nullptr)) {
-      double cost = 0.0;
-      const double g = merge_atom_f64<false>(r, vy, m, n, p, sx, cost);
-      if (!cost_on_x) part += cost;
-      if (dy != nullptr) dy[py] = static_cast<scalar_t>(g * inv_nm);
-    }
-    return part;
-  }
-
-  // W_p^p from the block's sum of rank() results.
-  __device__ scalar_t loss(double sum) const {
-    return static_cast<scalar_t>(n == m ? sum / static_cast<double>(n)
-                                        : sum / (static_cast<double>(n) * static_cast<double>(m)));
-  }
-};
 
 // ---------------------------------------------------------------------------------------------
 // Short rows: a block sorts one row pair of up to kThreads * kItems atoms per side.
@@ -212,7 +157,7 @@ __global__ void __launch_bounds__(kThreads)
     }
     __syncthreads();
   }
-  const RowMatch<scalar_t> match(n, m, p, dxr, dyr);
+  const RowMatch<scalar_t, A> match(n, m, p, dxr, dyr);
   auto sx = [&](int64_t i) { return KT::from_key(smem.sorted.x[i]); };
   auto sy = [&](int64_t j) { return KT::from_key(smem.sorted.y[j]); };
   double part = 0.0;
@@ -283,7 +228,7 @@ __global__ void __launch_bounds__(kMatchThreads)
     return;
   }
 
-  const RowMatch<scalar_t> match(n, m, p, dx, dy);
+  const RowMatch<scalar_t, A> match(n, m, p, dx, dy);
   auto sx = [&](int64_t i) { return KT::from_key(kx[i]); };
   auto sy = [&](int64_t j) { return KT::from_key(ky[j]); };
   double part = 0.0;
