@@ -409,7 +409,8 @@ def test_unequal_sizes_precision_against_float64(n, m, p):
     g = torch.Generator(device=DEVICE).manual_seed(n + m + p)
     x = torch.randn(2, n, generator=g, device=DEVICE)
     y = torch.randn(2, m, generator=g, device=DEVICE)
-    x[0] += 10.0  # row 0: x above all of y, p = 1: dW/dx = 1 / n and dW/dy = -1 / m exactly
+    x[0] += 10.0  # row 0: x above all of y, p = 1: dW/dx = 1 / n and dW/dy = -1 / m (rounded once)
+    y[0] -= 10.0
     w, dx, dy = fwd(x, y, p)
     xd = x.double().requires_grad_(True)
     yd = y.double().requires_grad_(True)
