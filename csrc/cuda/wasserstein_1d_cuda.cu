@@ -6,12 +6,15 @@
 //   then the same kernel matches, reduces and writes the gradient: one read of x and y, one write.
 // - long rows: keys_kernel makes the sort keys (and int32 positions), cub::DeviceSegmentedRadixSort
 //   sorts every row, and match_rows_kernel (a block per row) matches, reduces and writes the gradient.
+//   Both kernels match through RowMatch (device_math.h).
 // - normalized_wasserstein_1d: the same kernels read each element times 1 / (||f[b, :, i]|| + eps)
-//   (a per-position scale), and normalize_bwd_kernel applies the normalization's backward.
+//   (a per-position scale); the normalization's backward is in channel_norm.cu.
 //
 // Sorting is on KeyTraits keys (-0.0 == +0.0; ties ordered by position, as both CUB sorts are
-// stable). A NaN anywhere in a row pair makes its loss and gradients NaN. Accumulation is in
-// at::opmath_type (float for half/bfloat16/float, double for double). No atomics: deterministic.
+// stable). A NaN anywhere in a row pair makes its loss and gradients NaN. Per-pair arithmetic is in
+// at::opmath_type (float for half/bfloat16/float, double for double); the loss and, for unequal
+// sizes, each atom's gradient are summed in double. Products and sums of the gradients are rounded
+// one by one (device_math.h): the CPU's bits. No atomics: deterministic.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -26,18 +29,22 @@
 #include <cub/device/device_segmented_radix_sort.cuh>
 
 #include <algorithm>
+#include <cerrno>
+#include <cstdlib>
 #include <limits>
 #include <type_traits>
 
 #include "../wasserstein_1d.h"
 #include "../wasserstein_math.h"
+#include "channel_norm.h"
+#include "device_math.h"
 
 namespace pdl_ext {
 namespace gpu {  // not `cuda`: that would shadow CCCL's ::cuda inside this namespace
 namespace {
 
 constexpr int64_t kMaxGridX = std::numeric_limits<int32_t>::max();  // rows per launch
-constexpr int64_t kMaxSortItems = int64_t(1) << 28;  // items per segmented sort (CUB counts in int)
+constexpr int64_t kMaxSortItems = int64_t(1) << 28;  // items per segmented sort (CUB counts in int); max_sort_items()
 constexpr int kMatchThreads = 256;
 constexpr int kKeysThreads = 256;
 
@@ -51,24 +58,27 @@ __device__ void fill_nan_row(int64_t n, int64_t m, scalar_t* dx, scalar_t* dy) {
 
 // ---------------------------------------------------------------------------------------------
 // Short rows: a block sorts one row pair of up to kThreads * kItems atoms per side.
-// Positions of y are carried only when its gradient is wanted (kPosY); x always carries them.
+// Positions of x (y) are carried only when its gradient is wanted (kPosX, kPosY).
 // ---------------------------------------------------------------------------------------------
 // Rows are row0 + blockIdx.x. With scale_x (scale_y) set, element i of row r of x is read as
-// x * scale_x[(r / channels) * n + i]: the fused channel normalization.
-template <typename scalar_t, int kThreads, int kItems, bool kPosY>
+// x * scale_x[(r / channels) * n + i]: the fused channel normalization. The radix sort looks at
+// key bits [begin_bit, end of key) only (sort_begin_bit).
+template <typename scalar_t, int kThreads, int kItems, bool kPosX, bool kPosY>
 __global__ void __launch_bounds__(kThreads)
     block_row_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ y, int64_t n, int64_t m,
                      int p, const at::opmath_type<scalar_t>* __restrict__ scale_x,
                      const at::opmath_type<scalar_t>* __restrict__ scale_y, int64_t channels, int64_t row0,
-                     scalar_t* __restrict__ loss, scalar_t* __restrict__ dx, scalar_t* __restrict__ dy) {
+                     int begin_bit, scalar_t* __restrict__ loss, scalar_t* __restrict__ dx,
+                     scalar_t* __restrict__ dy) {
   using A = at::opmath_type<scalar_t>;
   using KT = KeyTraits<A>;
   using Key = typename KT::Key;
   using Load = cub::BlockLoad<scalar_t, kThreads, kItems, cub::BLOCK_LOAD_TRANSPOSE>;
-  using SortX = cub::BlockRadixSort<Key, kThreads, kItems, int32_t>;
+  using SortX = cub::BlockRadixSort<Key, kThreads, kItems, std::conditional_t<kPosX, int32_t, cub::NullType>>;
   using SortY = cub::BlockRadixSort<Key, kThreads, kItems, std::conditional_t<kPosY, int32_t, cub::NullType>>;
-  using Reduce = cub::BlockReduce<A, kThreads>;
+  using Reduce = cub::BlockReduce<double, kThreads>;
   constexpr int kTile = kThreads * kItems;
+  constexpr int kEndBit = static_cast<int>(sizeof(Key) * 8);
   // Phases never overlap (a barrier separates them), so they share one buffer.
   __shared__ union {
     typename Load::TempStorage load;
@@ -85,10 +95,11 @@ __global__ void __launch_bounds__(kThreads)
   const int t = threadIdx.x;
   x += row * n;
   y += row * m;
-  if (dx != nullptr) dx += row * n;
-  if (dy != nullptr) dy += row * m;
   if (scale_x != nullptr) scale_x += (row / channels) * n;
   if (scale_y != nullptr) scale_y += (row / channels) * m;
+  // Without positions there is no gradient to write: the compiler drops those stores.
+  scalar_t* const dxr = kPosX ? dx + row * n : nullptr;
+  scalar_t* const dyr = kPosY ? dy + row * m : nullptr;
 
   // Blocked arrangement (thread t holds positions t * kItems + k): the stable sort orders ties by
   // position. Padding gets the largest key and a position >= n, so it sorts after every real atom.
@@ -101,7 +112,7 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
     for (int k = 0; k < kItems; ++k) {
       const int i = t * kItems + k;
-      const A a = scale_x != nullptr && i < n ? static_cast<A>(v[k]) * scale_x[i] : static_cast<A>(v[k]);
+      const A a = scale_x != nullptr && i < n ? rn::mul(static_cast<A>(v[k]), scale_x[i]) : static_cast<A>(v[k]);
       has_nan |= i < n && a != a;
       kx[k] = i < n ? KT::to_key(a) : ~Key(0);
       px[k] = i;
@@ -111,45 +122,33 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
     for (int k = 0; k < kItems; ++k) {
       const int j = t * kItems + k;
-      const A a = scale_y != nullptr && j < m ? static_cast<A>(v[k]) * scale_y[j] : static_cast<A>(v[k]);
+      const A a = scale_y != nullptr && j < m ? rn::mul(static_cast<A>(v[k]), scale_y[j]) : static_cast<A>(v[k]);
       has_nan |= j < m && a != a;
       ky[k] = j < m ? KT::to_key(a) : ~Key(0);
       py[k] = j;
     }
   }
   if (__syncthreads_or(has_nan)) {  // uniform over the block: every thread leaves here
-    fill_nan_row(n, m, dx, dy);
+    fill_nan_row(n, m, dxr, dyr);
     if (t == 0) loss[row] = static_cast<scalar_t>(NAN);
     return;
   }
 
   // Striped result: thread t holds ranks k * kThreads + t, the same ranks for x and y.
-  SortX(smem.sort_x).SortBlockedToStriped(kx, px);
+  if constexpr (kPosX) {
+    SortX(smem.sort_x).SortBlockedToStriped(kx, px, begin_bit, kEndBit);
+  } else {
+    SortX(smem.sort_x).SortBlockedToStriped(kx, begin_bit, kEndBit);
+  }
   __syncthreads();
   if constexpr (kPosY) {
-    SortY(smem.sort_y).SortBlockedToStriped(ky, py);
+    SortY(smem.sort_y).SortBlockedToStriped(ky, py, begin_bit, kEndBit);
   } else {
-    SortY(smem.sort_y).SortBlockedToStriped(ky);
+    SortY(smem.sort_y).SortBlockedToStriped(ky, begin_bit, kEndBit);
   }
   __syncthreads();
 
-  A part = A(0);
-  if (n == m) {
-    const A inv = static_cast<A>(1.0 / static_cast<double>(n));
-#pragma unroll
-    for (int k = 0; k < kItems; ++k) {
-      const int r = k * kThreads + t;
-      if (r < n) {
-        const A d = KT::from_key(kx[k]) - KT::from_key(ky[k]);
-        part += pair_cost(d, p);
-        const A g = pair_grad(d, p) * inv;
-        if (dx != nullptr) dx[px[k]] = static_cast<scalar_t>(g);
-        if constexpr (kPosY) {
-          if (dy != nullptr) dy[py[k]] = static_cast<scalar_t>(-g);
-        }
-      }
-    }
-  } else {
+  if (n != m) {  // merge_atom_f64 reads the other side's sorted row at any rank
 #pragma unroll
     for (int k = 0; k < kItems; ++k) {
       const int r = k * kThreads + t;
@@ -157,38 +156,18 @@ __global__ void __launch_bounds__(kThreads)
       if (r < m) smem.sorted.y[r] = ky[k];
     }
     __syncthreads();
-    const double total = static_cast<double>(n) * static_cast<double>(m);
-    const A inv = static_cast<A>(1.0 / total);
-    // The loss is summed over the atoms of the longer side: each of them has at most 2 segments.
-    const bool cost_on_x = n >= m;
-    auto sy = [&](int64_t j) { return KT::from_key(smem.sorted.y[j]); };
-    auto sx = [&](int64_t i) { return KT::from_key(smem.sorted.x[i]); };
+  }
+  const RowMatch<scalar_t, A> match(n, m, p, dxr, dyr);
+  auto sx = [&](int64_t i) { return KT::from_key(smem.sorted.x[i]); };
+  auto sy = [&](int64_t j) { return KT::from_key(smem.sorted.y[j]); };
+  double part = 0.0;
 #pragma unroll
-    for (int k = 0; k < kItems; ++k) {
-      const int r = k * kThreads + t;
-      if (r < n && (cost_on_x || dx != nullptr)) {
-        A cost = A(0);
-        const A g = merge_atom<true>(r, KT::from_key(kx[k]), n, m, p, sy, cost);
-        if (cost_on_x) part += cost;
-        if (dx != nullptr) dx[px[k]] = static_cast<scalar_t>(g * inv);
-      }
-      bool want_dy = false;
-      if constexpr (kPosY) want_dy = dy != nullptr;
-      if (r < m && (!cost_on_x || want_dy)) {
-        A cost = A(0);
-        const A g = merge_atom<false>(r, KT::from_key(ky[k]), m, n, p, sx, cost);
-        if (!cost_on_x) part += cost;
-        if constexpr (kPosY) {
-          if (dy != nullptr) dy[py[k]] = static_cast<scalar_t>(g * inv);
-        }
-      }
-    }
+  for (int k = 0; k < kItems; ++k) {
+    part += match.rank(k * kThreads + t, KT::from_key(kx[k]), kPosX ? px[k] : 0, KT::from_key(ky[k]),
+                       kPosY ? py[k] : 0, sx, sy);
   }
-  const A sum = Reduce(reduce).Sum(part);
-  if (t == 0) {
-    const A denom = n == m ? static_cast<A>(n) : static_cast<A>(static_cast<double>(n) * static_cast<double>(m));
-    loss[row] = static_cast<scalar_t>(sum / denom);
-  }
+  const double sum = Reduce(reduce).Sum(part);
+  if (t == 0) loss[row] = match.loss(sum);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -201,8 +180,8 @@ __global__ void keys_kernel(const scalar_t* __restrict__ src, int64_t rows, int6
                             typename KeyTraits<at::opmath_type<scalar_t>>::Key* __restrict__ keys,
                             int32_t* __restrict__ pos) {
   using A = at::opmath_type<scalar_t>;
-  // A chunk holds at most max(kMaxSortItems, len) < 2^31 items: 32-bit index math (64-bit division
-  // is slow on the GPU), with no overflow as the grid stride is below 2^24.
+  // A chunk holds at most max(max_sort_items(), len) < 2^31 items: 32-bit index math (64-bit
+  // division is slow on the GPU), with no overflow as the grid stride is below 2^24.
   const uint32_t count = static_cast<uint32_t>(rows * len);
   const uint32_t len32 = static_cast<uint32_t>(len);
   const uint32_t stride = gridDim.x * blockDim.x;
@@ -210,14 +189,15 @@ __global__ void keys_kernel(const scalar_t* __restrict__ src, int64_t rows, int6
   for (uint32_t e = blockIdx.x * blockDim.x + threadIdx.x; e < count; e += stride) {
     const uint32_t i = e % len32;
     A a = static_cast<A>(src[e]);
-    if (scale != nullptr) a *= scale[((row0 + e / len32) / channels) * len + i];
+    if (scale != nullptr) a = rn::mul(a, scale[((row0 + e / len32) / channels) * len + i]);
     keys[e] = KeyTraits<A>::to_key(a);
     if (pos != nullptr) pos[e] = static_cast<int32_t>(i);
   }
 }
 
-// Long rows: a block matches one sorted row pair (block-stride loops over its atoms). The sorted
+// Long rows: a block matches one sorted row pair (block-stride loops over its ranks). The sorted
 // rows are those of the chunk (blockIdx.x); the outputs are those of row row0 + blockIdx.x.
+// px (py) is null exactly when dx (dy) is.
 template <typename scalar_t>
 __global__ void __launch_bounds__(kMatchThreads)
     match_rows_kernel(const typename KeyTraits<at::opmath_type<scalar_t>>::Key* __restrict__ kx,
@@ -227,7 +207,7 @@ __global__ void __launch_bounds__(kMatchThreads)
                       scalar_t* __restrict__ loss, scalar_t* __restrict__ dx, scalar_t* __restrict__ dy) {
   using A = at::opmath_type<scalar_t>;
   using KT = KeyTraits<A>;
-  using Reduce = cub::BlockReduce<A, kMatchThreads>;
+  using Reduce = cub::BlockReduce<double, kMatchThreads>;
   __shared__ typename Reduce::TempStorage reduce;
 
   const int64_t local = blockIdx.x;
@@ -248,68 +228,18 @@ __global__ void __launch_bounds__(kMatchThreads)
     return;
   }
 
-  A part = A(0);
-  if (n == m) {
-    const A inv = static_cast<A>(1.0 / static_cast<double>(n));
-    for (int64_t i = threadIdx.x; i < n; i += kMatchThreads) {
-      const A d = KT::from_key(kx[i]) - KT::from_key(ky[i]);
-      part += pair_cost(d, p);
-      const A g = pair_grad(d, p) * inv;
-      if (dx != nullptr) dx[px[i]] = static_cast<scalar_t>(g);
-      if (dy != nullptr) dy[py[i]] = static_cast<scalar_t>(-g);
-    }
-  } else {
-    const A inv = static_cast<A>(1.0 / (static_cast<double>(n) * static_cast<double>(m)));
-    const bool cost_on_x = n >= m;
-    auto sy = [&](int64_t j) { return KT::from_key(ky[j]); };
-    auto sx = [&](int64_t i) { return KT::from_key(kx[i]); };
-    if (cost_on_x || dx != nullptr) {
-      for (int64_t i = threadIdx.x; i < n; i += kMatchThreads) {
-        A cost = A(0);
-        const A g = merge_atom<true>(i, KT::from_key(kx[i]), n, m, p, sy, cost);
-        if (cost_on_x) part += cost;
-        if (dx != nullptr) dx[px[i]] = static_cast<scalar_t>(g * inv);
-      }
-    }
-    if (!cost_on_x || dy != nullptr) {
-      for (int64_t j = threadIdx.x; j < m; j += kMatchThreads) {
-        A cost = A(0);
-        const A g = merge_atom<false>(j, KT::from_key(ky[j]), m, n, p, sx, cost);
-        if (!cost_on_x) part += cost;
-        if (dy != nullptr) dy[py[j]] = static_cast<scalar_t>(g * inv);
-      }
-    }
+  const RowMatch<scalar_t, A> match(n, m, p, dx, dy);
+  auto sx = [&](int64_t i) { return KT::from_key(kx[i]); };
+  auto sy = [&](int64_t j) { return KT::from_key(ky[j]); };
+  double part = 0.0;
+  const int64_t len = n > m ? n : m;
+  for (int64_t r = threadIdx.x; r < len; r += kMatchThreads) {
+    const A vx = r < n ? sx(r) : A(0);
+    const A vy = r < m ? sy(r) : A(0);
+    part += match.rank(r, vx, r < n && px != nullptr ? px[r] : 0, vy, r < m && py != nullptr ? py[r] : 0, sx, sy);
   }
-  const A sum = Reduce(reduce).Sum(part);
-  if (threadIdx.x == 0) {
-    const A denom = n == m ? static_cast<A>(n) : static_cast<A>(static_cast<double>(n) * static_cast<double>(m));
-    loss[row] = static_cast<scalar_t>(sum / denom);
-  }
-}
-
-// normalized_wasserstein_1d backward at one position per thread (b, i), as the CPU kernel:
-// s = sum_c w[b, c] g[b, c, i] f[b, c, i], then out[b, c, i] = normalize_grad(w g, f, s, r[b, i]).
-template <typename scalar_t>
-__global__ void normalize_bwd_kernel(const at::opmath_type<scalar_t>* __restrict__ w,
-                                     const scalar_t* __restrict__ g, const scalar_t* __restrict__ f,
-                                     const at::opmath_type<scalar_t>* __restrict__ norm, int64_t batch,
-                                     int64_t channels, int64_t n, scalar_t* __restrict__ out) {
-  using A = at::opmath_type<scalar_t>;
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; t < batch * n; t += stride) {
-    const int64_t b = t / n;
-    const int64_t base = b * channels * n + t % n;  // element (b, 0, i); channel c at base + c * n
-    const A* wb = w + b * channels;
-    A s = A(0);
-    for (int64_t c = 0; c < channels; ++c) {
-      s += wb[c] * static_cast<A>(g[base + c * n]) * static_cast<A>(f[base + c * n]);
-    }
-    const A r = norm[t];
-    for (int64_t c = 0; c < channels; ++c) {
-      const int64_t e = base + c * n;
-      out[e] = static_cast<scalar_t>(normalize_grad<A>(wb[c] * static_cast<A>(g[e]), static_cast<A>(f[e]), s, r));
-    }
-  }
+  const double sum = Reduce(reduce).Sum(part);
+  if (threadIdx.x == 0) loss[row] = match.loss(sum);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -337,19 +267,39 @@ unsigned grid_for(int64_t items, int threads) {
   return static_cast<unsigned>(std::clamp<int64_t>((items + threads - 1) / threads, 1, int64_t(1) << 16));
 }
 
-template <typename scalar_t, int kThreads, int kItems>
-void launch_block_rows(const Rows<scalar_t>& a, cudaStream_t stream) {
+// The lowest key bit that can tell two values of a row apart. float16 and bfloat16 values are
+// widened to float32 exactly, so the low 13 (float16) or 16 (bfloat16) bits of their float32 bits
+// are zero, and those of the key (KeyTraits<float>) are zero for a non-negative value and all ones
+// for a negative one (it flips every bit of those): the higher bits determine the key, and the
+// radix sorts skip the rest. Scaled values (the normalized op) are float32 products: every bit.
+template <typename scalar_t>
+int sort_begin_bit(bool scaled) {
+  if (scaled) return 0;
+  if constexpr (std::is_same_v<scalar_t, at::Half>) {
+    return 13;
+  } else if constexpr (std::is_same_v<scalar_t, at::BFloat16>) {
+    return 16;
+  } else {
+    return 0;
+  }
+}
+
+template <typename scalar_t, int kThreads, int kItems, bool kPosX, bool kPosY>
+void launch_block_kernel(const Rows<scalar_t>& a, int begin_bit, cudaStream_t stream) {
   for (int64_t r0 = 0; r0 < a.rows; r0 += kMaxGridX) {
     const unsigned grid = static_cast<unsigned>(std::min(a.rows - r0, kMaxGridX));
-    if (a.dy != nullptr) {
-      block_row_kernel<scalar_t, kThreads, kItems, true><<<grid, kThreads, 0, stream>>>(
-          a.x, a.y, a.n, a.m, a.p, a.scale_x, a.scale_y, a.channels, r0, a.loss, a.dx, a.dy);
-    } else {
-      block_row_kernel<scalar_t, kThreads, kItems, false><<<grid, kThreads, 0, stream>>>(
-          a.x, a.y, a.n, a.m, a.p, a.scale_x, a.scale_y, a.channels, r0, a.loss, a.dx, nullptr);
-    }
+    block_row_kernel<scalar_t, kThreads, kItems, kPosX, kPosY><<<grid, kThreads, 0, stream>>>(
+        a.x, a.y, a.n, a.m, a.p, a.scale_x, a.scale_y, a.channels, r0, begin_bit, a.loss, a.dx, a.dy);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
+}
+
+template <typename scalar_t, int kThreads, int kItems>
+void launch_block_rows(const Rows<scalar_t>& a, int begin_bit, cudaStream_t stream) {
+  if (a.dx != nullptr && a.dy != nullptr) return launch_block_kernel<scalar_t, kThreads, kItems, true, true>(a, begin_bit, stream);
+  if (a.dx != nullptr) return launch_block_kernel<scalar_t, kThreads, kItems, true, false>(a, begin_bit, stream);
+  if (a.dy != nullptr) return launch_block_kernel<scalar_t, kThreads, kItems, false, true>(a, begin_bit, stream);
+  launch_block_kernel<scalar_t, kThreads, kItems, false, false>(a, begin_bit, stream);
 }
 
 template <typename T>
@@ -358,11 +308,28 @@ T* scratch(int64_t count, const at::TensorOptions& bytes, at::Tensor& holder) {
   return reinterpret_cast<T*>(holder.data_ptr());
 }
 
-// Sorts `segments` rows of `len` keys (with their positions when pos != nullptr) on the stream;
-// keys and pos are left pointing at the buffers that hold the sorted result.
+// Items per segmented sort: kMaxSortItems, or PDL_EXT_CUDA_MAX_SORT_ITEMS when set (read once per
+// process), a debug knob that lets tests reach segmented_rows' chunking with small inputs.
+int64_t max_sort_items() {
+  static const int64_t limit = [] {
+    const char* env = std::getenv("PDL_EXT_CUDA_MAX_SORT_ITEMS");
+    if (env == nullptr || env[0] == '\0') return kMaxSortItems;
+    char* end = nullptr;
+    errno = 0;
+    const long long v = std::strtoll(env, &end, 10);
+    TORCH_CHECK(errno == 0 && end != env && *end == '\0' && v >= 1 && v <= std::numeric_limits<int>::max(),
+                "PDL_EXT_CUDA_MAX_SORT_ITEMS must be an integer from 1 to 2^31 - 1, got '", env, "'");
+    return static_cast<int64_t>(v);
+  }();
+  return limit;
+}
+
+// Sorts `segments` rows of `len` keys (with their positions when pos != nullptr) by key bits
+// [begin_bit, end of key) on the stream; keys and pos are left pointing at the buffers that hold
+// the sorted result.
 template <typename Key>
 void sort_rows(Key*& keys, Key* keys_alt, int32_t*& pos, int32_t* pos_alt, int64_t segments, int64_t len,
-               const int32_t* offsets, const at::TensorOptions& bytes, cudaStream_t stream) {
+               const int32_t* offsets, int begin_bit, const at::TensorOptions& bytes, cudaStream_t stream) {
   const int64_t items = segments * len;
   TORCH_CHECK(items <= std::numeric_limits<int>::max() && segments <= std::numeric_limits<int>::max(),
               "wasserstein_1d: internal error: a segmented sort of ", items, " items in ", segments,
@@ -376,29 +343,29 @@ void sort_rows(Key*& keys, Key* keys_alt, int32_t*& pos, int32_t* pos_alt, int64
   if (pos != nullptr) {
     cub::DoubleBuffer<int32_t> vb(pos, pos_alt);
     C10_CUDA_CHECK(cub::DeviceSegmentedRadixSort::SortPairs(nullptr, temp_bytes, kb, vb, num_items, num_segments,
-                                                            offsets, offsets + 1, 0, kEndBit, stream));
+                                                            offsets, offsets + 1, begin_bit, kEndBit, stream));
     void* tp = scratch<uint8_t>(static_cast<int64_t>(temp_bytes), bytes, temp);
     C10_CUDA_CHECK(cub::DeviceSegmentedRadixSort::SortPairs(tp, temp_bytes, kb, vb, num_items, num_segments,
-                                                            offsets, offsets + 1, 0, kEndBit, stream));
+                                                            offsets, offsets + 1, begin_bit, kEndBit, stream));
     pos = vb.Current();
   } else {
     C10_CUDA_CHECK(cub::DeviceSegmentedRadixSort::SortKeys(nullptr, temp_bytes, kb, num_items, num_segments,
-                                                           offsets, offsets + 1, 0, kEndBit, stream));
+                                                           offsets, offsets + 1, begin_bit, kEndBit, stream));
     void* tp = scratch<uint8_t>(static_cast<int64_t>(temp_bytes), bytes, temp);
     C10_CUDA_CHECK(cub::DeviceSegmentedRadixSort::SortKeys(tp, temp_bytes, kb, num_items, num_segments,
-                                                           offsets, offsets + 1, 0, kEndBit, stream));
+                                                           offsets, offsets + 1, begin_bit, kEndBit, stream));
   }
   keys = kb.Current();
 }
 
 // Long rows: per chunk of rows, keys -> segmented sort -> fused match; scratch is O(chunk * (N + M)).
 template <typename scalar_t>
-void segmented_rows(const Rows<scalar_t>& a, const at::TensorOptions& options, cudaStream_t stream) {
+void segmented_rows(const Rows<scalar_t>& a, int begin_bit, const at::TensorOptions& options, cudaStream_t stream) {
   using Key = typename KeyTraits<at::opmath_type<scalar_t>>::Key;
   const at::TensorOptions bytes = options.dtype(at::kByte);
   const int64_t n = a.n, m = a.m;
-  // Rows per chunk: chunk * max(n, m) <= kMaxSortItems, or one row (n, m < 2^31 by the input check).
-  const int64_t chunk = std::max<int64_t>(1, std::min(kMaxSortItems / std::max(n, m), kMaxGridX));
+  // Rows per chunk: chunk * max(n, m) <= max_sort_items(), or one row (n, m < 2^31 by the input check).
+  const int64_t chunk = std::max<int64_t>(1, std::min(max_sort_items() / std::max(n, m), kMaxGridX));
   const int64_t first = std::min(chunk, a.rows);
   // Row offsets r * len, shared by every chunk (the last one uses a prefix).
   const at::Tensor steps = at::arange(first + 1, options.dtype(at::kLong));
@@ -425,8 +392,8 @@ void segmented_rows(const Rows<scalar_t>& a, const at::TensorOptions& options, c
     Key* ky = ky0;
     int32_t* px = px0;
     int32_t* py = py0;
-    sort_rows(kx, kx1, px, px1, cr, n, off_x.const_data_ptr<int32_t>(), bytes, stream);
-    sort_rows(ky, ky1, py, py1, cr, m, off_y.const_data_ptr<int32_t>(), bytes, stream);
+    sort_rows(kx, kx1, px, px1, cr, n, off_x.const_data_ptr<int32_t>(), begin_bit, bytes, stream);
+    sort_rows(ky, ky1, py, py1, cr, m, off_y.const_data_ptr<int32_t>(), begin_bit, bytes, stream);
     match_rows_kernel<scalar_t><<<static_cast<unsigned>(cr), kMatchThreads, 0, stream>>>(
         kx, px, ky, py, n, m, a.p, r0, a.loss, a.dx, a.dy);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -436,15 +403,19 @@ void segmented_rows(const Rows<scalar_t>& a, const at::TensorOptions& options, c
 template <typename scalar_t>
 void forward_rows(const Rows<scalar_t>& a, const at::TensorOptions& options, cudaStream_t stream) {
   using Key = typename KeyTraits<at::opmath_type<scalar_t>>::Key;
+  const int begin_bit = sort_begin_bit<scalar_t>(a.scale_x != nullptr || a.scale_y != nullptr);
   const int64_t len = std::max(a.n, a.m);
-  if (len <= 128) return launch_block_rows<scalar_t, 64, 2>(a, stream);
-  if (len <= 512) return launch_block_rows<scalar_t, 128, 4>(a, stream);
-  if (len <= 2048) return launch_block_rows<scalar_t, 256, 8>(a, stream);
+  // Tiles of 128, 256, 512, 1024, 2048 (and 4096) atoms: rows of those lengths fill theirs exactly.
+  if (len <= 128) return launch_block_rows<scalar_t, 64, 2>(a, begin_bit, stream);
+  if (len <= 256) return launch_block_rows<scalar_t, 128, 2>(a, begin_bit, stream);
+  if (len <= 512) return launch_block_rows<scalar_t, 128, 4>(a, begin_bit, stream);
+  if (len <= 1024) return launch_block_rows<scalar_t, 256, 4>(a, begin_bit, stream);
+  if (len <= 2048) return launch_block_rows<scalar_t, 256, 8>(a, begin_bit, stream);
   // 64-bit keys of a 4096 tile would need 64 KiB of sorted keys: above the static shared limit.
   if constexpr (sizeof(Key) == 4) {
-    if (len <= 4096) return launch_block_rows<scalar_t, 512, 8>(a, stream);
+    if (len <= 4096) return launch_block_rows<scalar_t, 512, 8>(a, begin_bit, stream);
   }
-  segmented_rows(a, options, stream);
+  segmented_rows(a, begin_bit, options, stream);
 }
 
 // Runs the forward on x (rows, n), y (rows, m) (contiguous; scales as in Rows) into the outputs.
@@ -497,17 +468,8 @@ at::Tensor normalized_wasserstein_1d_bwd_cuda(const at::Tensor& grad, const at::
   TORCH_CHECK(g.is_cuda(), "normalized_wasserstein_1d_bwd: g must be a CUDA tensor, got ", g.device());
   const c10::cuda::CUDAGuard device_guard(g.device());
   const NormalizedBackwardPlan b = plan_normalized_backward(grad, g, f, norm);
-  const int64_t batch = b.batch, channels = b.channels, n = b.n;
   at::Tensor out = b.out;
-  if (out.numel() == 0) return out;
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "normalized_wasserstein_1d_bwd_cuda", [&] {
-    using A = at::opmath_type<scalar_t>;
-    normalize_bwd_kernel<scalar_t><<<grid_for(batch * n, kKeysThreads), kKeysThreads, 0, stream>>>(
-        b.grad.const_data_ptr<A>(), b.g.const_data_ptr<scalar_t>(), b.f.const_data_ptr<scalar_t>(),
-        b.norm.const_data_ptr<A>(), batch, channels, n, out.mutable_data_ptr<scalar_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
+  if (out.numel() > 0) ::pdl_ext::cuda::normalize_backward_cuda(b.grad, b.g, b.f, b.norm, out);
   return out;
 }
 
