@@ -130,24 +130,29 @@ double match_row(int64_t n, int64_t m, int p, XV xv, XP xp, YV yv, YP yp, scalar
     }
     return sum / static_cast<double>(n);
   }
+  // An atom's gradient sums its segments' len * pair_grad in double, whatever A: one atom of the
+  // shorter row spans up to max(n, m) / min(n, m) + 1 segments, and a float sum of that many terms
+  // (or a segment length rounded to float) loses the gradient when the lengths differ a lot. The
+  // vectorized matching (simd_sort.h) does the same arithmetic in the same order.
   const double total = static_cast<double>(n) * static_cast<double>(m);
-  const A inv = static_cast<A>(1.0 / total);
+  const double inv = 1.0 / total;
   MergeCursor c;
-  A gx = A(0), gy = A(0);
+  double gx = 0.0, gy = 0.0;
   while (c.i < n && c.j < m) {
     int64_t si, sj;
     const int64_t len = merge_step(c, n, m, si, sj);
     const A d = xv(si) - yv(sj);
     sum += static_cast<double>(len) * static_cast<double>(pair_cost(d, p));
-    const A g = pair_grad(d, p) * static_cast<A>(len);
+    const double g = static_cast<double>(pair_grad(d, p)) * static_cast<double>(len);
     gx += g;
     gy -= g;
     // An atom's gradient is stored after each of its segments (the last store is the total) and reset
-    // when the walk leaves it: no branch on the walk's data-dependent steps.
-    if (dx != nullptr) dx[xp(si)] = static_cast<scalar_t>(gx * inv);
-    if (dy != nullptr) dy[yp(sj)] = static_cast<scalar_t>(gy * inv);
-    gx = c.i != si ? A(0) : gx;
-    gy = c.j != sj ? A(0) : gy;
+    // when the walk leaves it: no branch on the walk's data-dependent steps. Rounded to A first, as
+    // the vector paths (float16/bfloat16 rows round float gradients).
+    if (dx != nullptr) dx[xp(si)] = static_cast<scalar_t>(static_cast<A>(gx * inv));
+    if (dy != nullptr) dy[yp(sj)] = static_cast<scalar_t>(static_cast<A>(gy * inv));
+    gx = c.i != si ? 0.0 : gx;
+    gy = c.j != sj ? 0.0 : gy;
   }
   return sum / total;
 }
