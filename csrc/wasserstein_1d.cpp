@@ -61,10 +61,10 @@ void check_wasserstein_1d_inputs(const at::Tensor& x, const at::Tensor& y, int64
               x.sizes(), " and y ", y.sizes());
   TORCH_CHECK(x.size(-1) > 0, "wasserstein_1d: x rows must not be empty (N > 0), got shape ", x.sizes());
   TORCH_CHECK(y.size(-1) > 0, "wasserstein_1d: y rows must not be empty (M > 0), got shape ", y.sizes());
-  TORCH_CHECK(x.size(-1) <= std::numeric_limits<int32_t>::max() &&
-                  y.size(-1) <= std::numeric_limits<int32_t>::max(),
-              "wasserstein_1d: rows longer than 2^31 - 1 are not supported, got N = ", x.size(-1),
-              ", M = ", y.size(-1));
+  // The kernels index a row's items with int32 positions.
+  TORCH_CHECK_VALUE(x.size(-1) <= kMaxRowLength && y.size(-1) <= kMaxRowLength,
+                    "wasserstein_1d: rows must hold at most 2^31 - 1 = ", kMaxRowLength,
+                    " items, got x rows of N = ", x.size(-1), " and y rows of M = ", y.size(-1));
 }
 
 void check_normalized_wasserstein_1d_inputs(const at::Tensor& x, const at::Tensor& y, int64_t p) {

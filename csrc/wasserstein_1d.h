@@ -7,6 +7,9 @@
 
 namespace pdl_ext {
 
+// Longest row the kernels take (int32 positions): 2^31 - 1 items.
+constexpr int64_t kMaxRowLength = 2147483647;
+
 // Validates the operands of the wasserstein_1d ops; the messages name the argument, the expected
 // and the received value (the Python wrappers run the same checks first, with the same wording).
 void check_wasserstein_1d_inputs(const at::Tensor& x, const at::Tensor& y, int64_t p);

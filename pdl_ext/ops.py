@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from . import extension, reference
-from ._checks import check_wasserstein_1d_inputs
+from ._checks import MAX_ROW_LENGTH, check_wasserstein_1d_inputs
 
 
 def wasserstein_1d(x: torch.Tensor, y: torch.Tensor, p: int = 1) -> torch.Tensor:
@@ -94,12 +94,24 @@ def _refuse_double_backward() -> None:
         raise RuntimeError("pdl_ext: double backward of the wasserstein ops is not supported")
 
 
+def _check_fake_row_length(x: torch.Tensor, y: torch.Tensor, fn: str) -> None:
+    # The fake/meta kernels refuse what the C++ kernels refuse (ValueError, the same message).
+    n, m = x.shape[-1], y.shape[-1]
+
+    def message() -> str:
+        return f"{fn}: rows must hold at most 2^31 - 1 = {MAX_ROW_LENGTH} items, got x rows of N = {n} and y rows of M = {m}"
+
+    torch._check_value(n <= MAX_ROW_LENGTH, message)
+    torch._check_value(m <= MAX_ROW_LENGTH, message)
+
+
 if extension.COMPILED:
 
     @torch.library.register_fake("pdl_ext::wasserstein_1d_fwd")
     def _wasserstein_1d_fwd_fake(x, y, p, grad_x, grad_y):
         torch._check(p == 1 or p == 2, lambda: f"wasserstein_1d: p must be 1 or 2, got {p}")
         torch._check(x.shape[:-1] == y.shape[:-1], lambda: "wasserstein_1d: leading shapes differ")
+        _check_fake_row_length(x, y, "wasserstein_1d")
         loss = x.new_empty(x.shape[:-1])
         dx = x.new_empty(x.shape) if grad_x else x.new_empty(0)
         dy = y.new_empty(y.shape) if grad_y else y.new_empty(0)
@@ -141,6 +153,7 @@ if extension.COMPILED:
     def _normalized_fwd_fake(x, y, p, grad_x, grad_y):
         torch._check(x.dim() == 3 and y.dim() == 3, lambda: "normalized_wasserstein_1d: x, y must be (B, C, N)")
         torch._check(x.shape[:2] == y.shape[:2], lambda: "normalized_wasserstein_1d: (B, C) differ")
+        _check_fake_row_length(x, y, "wasserstein_1d")
         acc = torch.float64 if x.dtype == torch.float64 else torch.float32
         loss = x.new_empty(x.shape[:2])
         dx = x.new_empty(x.shape) if grad_x else x.new_empty(0)

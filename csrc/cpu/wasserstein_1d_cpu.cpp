@@ -14,6 +14,8 @@
 
 #include <algorithm>
 #include <limits>
+#include <new>
+#include <sstream>
 #include <type_traits>
 #include <vector>
 
@@ -24,6 +26,24 @@
 namespace pdl_ext {
 namespace cpu {
 namespace {
+
+// Scratch of the kernels. A failed allocation throws ScratchAllocFailed (through at::parallel_for, which
+// rethrows a worker's exception in the caller); the op's entry turns it into a torch OutOfMemoryError
+// that names the bytes asked for, the buffer and the shapes.
+struct ScratchAllocFailed {
+  size_t bytes;
+  const char* what;
+};
+
+template <typename T>
+std::vector<T> scratch(int64_t count, const char* what) {
+  const size_t items = static_cast<size_t>(std::max<int64_t>(count, 0));
+  try {
+    return std::vector<T>(items);
+  } catch (const std::bad_alloc&) {
+    throw ScratchAllocFailed{items * sizeof(T), what};
+  }
+}
 
 // Row loaders: row(r) gives a view whose operator()(i) is element i of row r in opmath precision.
 // The normalizing loader scales each element by 1 / (||f[b, :, n]|| + eps) on the fly, so the
@@ -165,10 +185,12 @@ void forward_rows_f64(XL xl, YL yl, int64_t rows, int64_t n, int64_t m, int p, s
   const int64_t grain = std::max<int64_t>(1, 32768 / (n + m));
   at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
     // Scratch reused by every row of this chunk.
-    std::vector<KeyPos64> xa(n), xt(n);
-    std::vector<KeyPos64> ya(dy != nullptr ? m : 0), yt(dy != nullptr ? m : 0);
-    std::vector<uint64_t> yk(dy != nullptr ? 0 : m), ykt(dy != nullptr ? 0 : m);
-    std::vector<uint32_t> hist(kHistCounters);
+    auto xa = scratch<KeyPos64>(n, "x's sort buffers"), xt = scratch<KeyPos64>(n, "x's sort buffers");
+    auto ya = scratch<KeyPos64>(dy != nullptr ? m : 0, "y's sort buffers");
+    auto yt = scratch<KeyPos64>(dy != nullptr ? m : 0, "y's sort buffers");
+    auto yk = scratch<uint64_t>(dy != nullptr ? 0 : m, "y's sort buffers");
+    auto ykt = scratch<uint64_t>(dy != nullptr ? 0 : m, "y's sort buffers");
+    auto hist = scratch<uint32_t>(kHistCounters, "radix counters");
     for (int64_t r = begin; r < end; ++r) {
       scalar_t* dxr = dx != nullptr ? dx + r * n : nullptr;
       scalar_t* dyr = dy != nullptr ? dy + r * m : nullptr;
@@ -259,9 +281,10 @@ void forward_rows_f32(XL xl, YL yl, int64_t rows, int64_t n, int64_t m, int p, s
   const PackedRows py{dy != nullptr ? bit_width(static_cast<uint64_t>(m - 1)) : 0};
   at::parallel_for(0, num_groups, 1, [&](int64_t begin, int64_t end) {
     // Scratch reused by every group of this chunk.
-    std::vector<uint64_t> xa(group * n), xt(group * n), ya(group * m), yt(group * m);
-    std::vector<uint32_t> counts(5 << 11);  // up to 32 key + 13 row bits in 11-bit digits
-    std::vector<uint8_t> has_nan(group);
+    auto xa = scratch<uint64_t>(group * n, "x's sort buffers"), xt = scratch<uint64_t>(group * n, "x's sort buffers");
+    auto ya = scratch<uint64_t>(group * m, "y's sort buffers"), yt = scratch<uint64_t>(group * m, "y's sort buffers");
+    auto counts = scratch<uint32_t>(5 << 11, "radix counters");  // up to 32 key + 13 row bits in 11-bit digits
+    auto has_nan = scratch<uint8_t>(group, "NaN flags");
     for (int64_t g = begin; g < end; ++g) {
       const int64_t r0 = g * group;
       const int64_t gr = std::min(group, rows - r0);
@@ -308,14 +331,19 @@ struct SimdSide {
   uint32_t* s32[2] = {nullptr, nullptr};  // ... or their sorted keys (!pos)
 
   SimdSide(const SimdKernels* k, bool with_pos, int64_t len, bool narrow)
-      : kern(k), pos(with_pos), n(len), stage(len), hist(3 << 11), grad(narrow && with_pos ? len : 0) {
+      : kern(k),
+        pos(with_pos),
+        n(len),
+        stage(scratch<float>(len, "a row widened to float32")),
+        hist(scratch<uint32_t>(3 << 11, "radix counters")),
+        grad(scratch<float>(narrow && with_pos ? len : 0, "float gradients of a half-precision row")) {
     for (int k = 0; k < 2; ++k) {
       if (pos) {
-        a64[k].resize(simd_sort_capacity(n));
-        t64[k].resize(a64[k].size());
+        a64[k] = scratch<uint64_t>(simd_sort_capacity(n), "sort buffers of (key, position) items");
+        t64[k] = scratch<uint64_t>(simd_sort_capacity(n), "sort buffers of (key, position) items");
       } else {
-        a32[k].resize(simd_sort_capacity(n));
-        t32[k].resize(a32[k].size());
+        a32[k] = scratch<uint32_t>(simd_sort_capacity(n), "sort buffers of keys");
+        t32[k] = scratch<uint32_t>(simd_sort_capacity(n), "sort buffers of keys");
       }
     }
   }
@@ -448,7 +476,11 @@ struct Sorted64 {
   SimdSide side;              // sorts narrow's keys with positions, as the float32 path
   uint64_t* s = nullptr;      // the sorted items
 
-  Sorted64(const SimdKernels* k, int64_t len) : n(len), vals(len), narrow(len), side(k, true, len, false) {}
+  Sorted64(const SimdKernels* k, int64_t len)
+      : n(len),
+        vals(scratch<double>(len, "a float64 row")),
+        narrow(scratch<float>(len, "a float64 row rounded to float32")),
+        side(k, true, len, false) {}
 
   // Loads and sorts a row; false when it holds a NaN (a float64 NaN rounds to a float32 NaN).
   template <typename RowView>
@@ -575,17 +607,43 @@ void forward_rows(XL xl, YL yl, int64_t rows, int64_t n, int64_t m, int p, scala
 
 }  // namespace
 
+namespace {
+
+// Runs a kernel body; a failed scratch allocation becomes a torch OutOfMemoryError (RuntimeError
+// subclass) naming the bytes, the buffer and the shapes, instead of a bare std::bad_alloc.
+template <typename Body>
+void with_scratch_errors(const char* op, const ForwardPlan& f, Body body) {
+  const auto shapes = [&] {
+    std::ostringstream s;
+    s << "x rows " << f.rows << " x " << f.n << ", y rows " << f.rows << " x " << f.m << ", "
+      << f.x.scalar_type();
+    return s.str();
+  };
+  try {
+    body();
+  } catch (const ScratchAllocFailed& e) {
+    TORCH_CHECK_WITH(OutOfMemoryError, false, op, ": out of memory: could not allocate ", e.bytes,
+                     " bytes of CPU scratch (", e.what, ") for ", shapes());
+  } catch (const std::bad_alloc&) {
+    TORCH_CHECK_WITH(OutOfMemoryError, false, op, ": out of memory in the CPU kernel for ", shapes());
+  }
+}
+
+}  // namespace
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> wasserstein_1d_fwd_cpu(const at::Tensor& x,
                                                                       const at::Tensor& y, int64_t p,
                                                                       bool grad_x, bool grad_y) {
   const ForwardPlan f = plan_forward(x, y, p, grad_x, grad_y, /*normalized=*/false);
   if (f.rows > 0) {
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "wasserstein_1d_fwd_cpu", [&] {
-      forward_rows<scalar_t>(PlainRows<scalar_t>{f.x.const_data_ptr<scalar_t>(), f.n},
-                             PlainRows<scalar_t>{f.y.const_data_ptr<scalar_t>(), f.m}, f.rows, f.n, f.m,
-                             static_cast<int>(p), f.loss.mutable_data_ptr<scalar_t>(),
-                             grad_x ? f.dx.mutable_data_ptr<scalar_t>() : nullptr,
-                             grad_y ? f.dy.mutable_data_ptr<scalar_t>() : nullptr);
+    with_scratch_errors("wasserstein_1d", f, [&] {
+      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "wasserstein_1d_fwd_cpu", [&] {
+        forward_rows<scalar_t>(PlainRows<scalar_t>{f.x.const_data_ptr<scalar_t>(), f.n},
+                               PlainRows<scalar_t>{f.y.const_data_ptr<scalar_t>(), f.m}, f.rows, f.n, f.m,
+                               static_cast<int>(p), f.loss.mutable_data_ptr<scalar_t>(),
+                               grad_x ? f.dx.mutable_data_ptr<scalar_t>() : nullptr,
+                               grad_y ? f.dy.mutable_data_ptr<scalar_t>() : nullptr);
+      });
     });
   }
   return {f.loss, f.dx, f.dy};
@@ -595,13 +653,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> normalize
     const at::Tensor& x, const at::Tensor& y, int64_t p, bool grad_x, bool grad_y) {
   const ForwardPlan f = plan_forward(x, y, p, grad_x, grad_y, /*normalized=*/true);
   if (f.rows > 0) {
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "normalized_wasserstein_1d_fwd_cpu", [&] {
-      using A = at::opmath_type<scalar_t>;
-      forward_rows<scalar_t>(
-          NormalizedRows<scalar_t>{f.x.const_data_ptr<scalar_t>(), f.inv_x.const_data_ptr<A>(), f.n, f.channels},
-          NormalizedRows<scalar_t>{f.y.const_data_ptr<scalar_t>(), f.inv_y.const_data_ptr<A>(), f.m, f.channels},
-          f.rows, f.n, f.m, static_cast<int>(p), f.loss.mutable_data_ptr<scalar_t>(),
-          grad_x ? f.dx.mutable_data_ptr<scalar_t>() : nullptr, grad_y ? f.dy.mutable_data_ptr<scalar_t>() : nullptr);
+    with_scratch_errors("normalized_wasserstein_1d", f, [&] {
+      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "normalized_wasserstein_1d_fwd_cpu", [&] {
+        using A = at::opmath_type<scalar_t>;
+        forward_rows<scalar_t>(
+            NormalizedRows<scalar_t>{f.x.const_data_ptr<scalar_t>(), f.inv_x.const_data_ptr<A>(), f.n, f.channels},
+            NormalizedRows<scalar_t>{f.y.const_data_ptr<scalar_t>(), f.inv_y.const_data_ptr<A>(), f.m, f.channels},
+            f.rows, f.n, f.m, static_cast<int>(p), f.loss.mutable_data_ptr<scalar_t>(),
+            grad_x ? f.dx.mutable_data_ptr<scalar_t>() : nullptr, grad_y ? f.dy.mutable_data_ptr<scalar_t>() : nullptr);
+      });
     });
   }
   return {f.loss, f.dx, f.dy, f.norm_x, f.norm_y};
@@ -623,7 +683,7 @@ at::Tensor normalized_wasserstein_1d_bwd_cpu(const at::Tensor& grad, const at::T
     const A* wp = b.grad.const_data_ptr<A>();
     scalar_t* op = out.mutable_data_ptr<scalar_t>();
     at::parallel_for(0, batch * chunks, 1, [&](int64_t begin, int64_t end) {
-      std::vector<A> s(kChunk);
+      auto s = scratch<A>(kChunk, "channel sums");
       for (int64_t t = begin; t < end; ++t) {
         const int64_t b = t / chunks;
         const int64_t n0 = (t % chunks) * kChunk;
