@@ -97,3 +97,164 @@ def test_scratch_out_of_memory_is_a_torch_error_with_the_size():
     assert line.startswith("ERROR torch OutOfMemoryError True "), line
     assert "wasserstein_1d: out of memory: could not allocate" in line and " bytes of CPU scratch (" in line, line
     assert "for x rows 4 x 262144, y rows 4 x 262144, Float" in line, line
+
+
+# ---------------------------------------------------------------------------------------------
+# Long rows (from 2^22 items) are sorted in windows of consecutive ranks, a fraction of the row each,
+# so that one long row takes the extra memory many short ones take: x.grad and the op's saved dx,
+# 8 B per float32 element (16 B per float64 one), not two or three sorted copies of the row.
+# ---------------------------------------------------------------------------------------------
+WINDOWED = 2**22
+
+
+def _grads(op, x, y, p, grad_x, grad_y):
+    x = x.detach().clone().requires_grad_(grad_x)
+    y = y.detach().clone().requires_grad_(grad_y)
+    w = op(x, y, p)
+    up = torch.linspace(0.5, 1.5, w.numel(), dtype=torch.float64).reshape(w.shape).to(w.dtype)
+    return (w.detach(), *torch.autograd.grad(w, [t for t in (x, y) if t.requires_grad], up))
+
+
+def _check_long(x, y, p, grad_x, grad_y, exact=False, rtol=1e-6):
+    got = _grads(torch.ops.pdl_ext.wasserstein_1d, x, y, p, grad_x, grad_y)
+    want = _grads(pdl_ext.reference.wasserstein_1d, x.double(), y.double(), p, grad_x, grad_y)
+    torch.testing.assert_close(got[0].double(), want[0], rtol=rtol, atol=1e-12, equal_nan=True)
+    for g, gw in zip(got[1:], want[1:]):
+        if exact:  # p = 1, equal lengths 2^k: +-1 / n exactly, at the positions the stable order gives
+            assert torch.equal(g.double(), gw)
+        else:
+            torch.testing.assert_close(g.double(), gw, rtol=rtol, atol=rtol * 1e-3 * gw.abs().max().item(), equal_nan=True)
+
+
+def _gen(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+@requires_ext
+def test_long_row_normal_data():
+    g = _gen(0)
+    _check_long(torch.randn(1, WINDOWED, generator=g), torch.randn(1, WINDOWED, generator=g) * 1.5, 2, True, False)
+
+
+@requires_ext
+def test_long_row_heavy_ties_are_split_by_position():
+    # 5 distinct values in 2^22 items: runs of one key longer than a window, split by position; a
+    # wrong order among ties would move +-1/n gradients to other positions.
+    g = _gen(1)
+    x = torch.randint(-2, 3, (1, WINDOWED), generator=g).float() * 0.5
+    y = torch.randint(-1, 2, (1, WINDOWED), generator=g).float() + 0.25 * (torch.rand(1, WINDOWED, generator=g) < 0.3)
+    x[0, ::7] = -0.0
+    _check_long(x, y, 1, True, True, exact=True)
+    _check_long(x[:, 5:], y[:, :-3], 2, True, True)
+
+
+@requires_ext
+@pytest.mark.slow
+@pytest.mark.parametrize("p", [1, 2])
+def test_long_rows_unequal_lengths_both_gradients(p):
+    g = _gen(2)
+    _check_long(torch.randn(2, WINDOWED + 3, generator=g), torch.randn(2, 3 * 2**20 + 1, generator=g) * 2, p, True, True)
+
+
+@requires_ext
+@pytest.mark.slow
+def test_long_row_against_a_short_one():
+    g = _gen(3)
+    _check_long(torch.randn(1, 1000, generator=g), torch.randn(1, WINDOWED, generator=g), 2, True, True)
+
+
+@requires_ext
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_long_row_concentrated_values_refine_the_histogram(dtype):
+    # Every value shares its top 16 key bits (float32) or more (float64): the windows come from the
+    # next digits of the keys.
+    g = _gen(4)
+    x = 1 + torch.rand(1, WINDOWED, generator=g, dtype=torch.float64) * 2**-10
+    y = 1 + torch.rand(1, WINDOWED, generator=g, dtype=torch.float64) * 2**-9
+    if dtype == torch.float64:
+        x = 1 + (x - 1) * 1e-6  # top 28 bits of the float64 keys alike
+        x[0, ::3] = 1.0  # and long runs of one value
+    _check_long(x.to(dtype), y.to(dtype), 2, True, True, rtol=1e-6 if dtype == torch.float32 else 1e-12)
+
+
+@requires_ext
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_long_row_half_types(dtype):
+    g = _gen(5)
+    x = torch.randn(1, WINDOWED, generator=g).to(dtype)
+    y = torch.randn(1, WINDOWED // 2 + 1, generator=g).to(dtype)
+    got = _grads(torch.ops.pdl_ext.wasserstein_1d, x, y, 1, True, False)
+    want = _grads(pdl_ext.reference.wasserstein_1d, x.double(), y.double(), 1, True, False)
+    torch.testing.assert_close(got[0].double(), want[0], rtol=1e-3, atol=1e-6)
+    # sign(d) len / (N M) rounded to dtype (float16: subnormal, steps of 2^-24)
+    torch.testing.assert_close(got[1].double(), want[1], rtol=1e-2, atol=2**-24)
+
+
+@requires_ext
+@pytest.mark.slow
+def test_long_rows_nan_poisons_only_its_row():
+    g = _gen(6)
+    x = torch.randn(2, WINDOWED, generator=g)
+    y = torch.randn(2, WINDOWED, generator=g)
+    y[1, 12345] = float("nan")
+    w, gx = _grads(torch.ops.pdl_ext.wasserstein_1d, x, y, 1, True, False)
+    assert torch.isnan(w[1]) and torch.isnan(gx[1]).all() and torch.isfinite(gx[0]).all()
+    _check_long(x[:1], y[:1], 1, True, False, exact=True)
+
+
+@requires_ext
+@pytest.mark.slow
+def test_long_rows_normalized_op():
+    g = _gen(7)
+    x = torch.rand(1, 3, WINDOWED, generator=g, dtype=torch.float64)
+    y = torch.rand(1, 3, WINDOWED // 4, generator=g, dtype=torch.float64)
+    got = _grads(torch.ops.pdl_ext.normalized_wasserstein_1d, x, y, 2, True, True)
+    want = _grads(pdl_ext.reference.normalized_wasserstein_1d, x, y, 2, True, True)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12 * b.abs().max().item())
+
+
+_MEMORY_SCRIPT = textwrap.dedent(
+    """
+    import gc, re, sys
+    import torch, pdl_ext
+    torch.set_num_threads(2)
+    rows, n, dtype = int(sys.argv[1]), int(sys.argv[2]), getattr(torch, sys.argv[3])
+
+    def rss(key):
+        with open("/proc/self/status") as f:
+            return int(re.search(key + r":\\s+(\\d+) kB", f.read()).group(1)) * 1024
+
+    def step(x, y):
+        x.grad = None
+        pdl_ext.wasserstein_1d(x, y, 1).sum().backward()
+
+    step(torch.randn(4, 64, dtype=dtype, requires_grad=True), torch.randn(4, 64, dtype=dtype))
+    x = torch.randn(rows, n, dtype=dtype, requires_grad=True)
+    y = torch.randn(rows, n, dtype=dtype)
+    gc.collect()
+    before = rss("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    step(x, y)
+    print("PEAK", (rss("VmHWM") - before) / x.numel())
+    """
+)
+
+
+@requires_ext
+@pytest.mark.skipif(not os.access("/proc/self/clear_refs", os.W_OK), reason="needs Linux /proc/self/clear_refs")
+@pytest.mark.parametrize("rows,n,dtype,limit", [(1, WINDOWED, "float32", 8.5), (1, WINDOWED + 5, "float64", 16.5),
+                                                (64, 2**16, "float32", 8.5)])
+def test_extra_peak_memory_per_element(rows, n, dtype, limit):
+    # The README's extra peak memory: x.grad and the saved dx, for one long row as for many rows
+    # (a long row took 60 B per float32 element, 104 B per float64 one).
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536",
+               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, "-c", _MEMORY_SCRIPT, str(rows), str(n), dtype], capture_output=True,
+                          text=True, env=env, timeout=600)
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("PEAK")), proc.stderr[-2000:])
+    per_elem = float(line.split()[1])
+    assert per_elem <= limit, f"{rows} x {n} {dtype}: {per_elem:.2f} B per element of extra peak memory"
