@@ -73,6 +73,21 @@ void check_normalized_wasserstein_1d_inputs(const at::Tensor& x, const at::Tenso
   check_wasserstein_1d_inputs(x, y, p);
 }
 
+namespace {
+
+// Per-position norms over channels of contiguous (B, C, N) features: (B, N) in the opmath dtype,
+// summed in float64 (the squares of float32 features above ~1.8e19 would overflow float32).
+at::Tensor channel_norm(const at::Tensor& x) {
+  if (x.device().is_cpu()) return cpu::channel_norm_cpu(x);
+#if defined(WITH_CUDA) && defined(PDL_EXT_HAVE_CUDA_CHANNEL_NORM)
+  if (x.device().is_cuda()) return cuda::channel_norm_cuda(x);
+#endif
+  // Other devices (CUDA until its kernel is built in): a float64 reduction, through a float64 copy.
+  return at::linalg_vector_norm(x, 2, {1}, false, at::kDouble).to(at::toOpMathType(x.scalar_type()));
+}
+
+}  // namespace
+
 ForwardPlan plan_forward(const at::Tensor& x, const at::Tensor& y, int64_t p, bool grad_x, bool grad_y,
                          bool normalized) {
   ForwardPlan plan;
@@ -91,11 +106,9 @@ ForwardPlan plan_forward(const at::Tensor& x, const at::Tensor& y, int64_t p, bo
   plan.dy = grad_y ? at::empty_like(plan.y) : at::empty({0}, y.options());
   if (normalized) {
     // Per-position norms over channels: 1/C of the features; kept for the backward.
-    const auto acc = at::toOpMathType(x.scalar_type());
     plan.channels = x.size(1);
-    // Summed in float64: the squares of float32 features above ~1.8e19 would overflow.
-    plan.norm_x = at::linalg_vector_norm(plan.x, 2, {1}, false, at::kDouble).to(acc);
-    plan.norm_y = at::linalg_vector_norm(plan.y, 2, {1}, false, at::kDouble).to(acc);
+    plan.norm_x = channel_norm(plan.x);
+    plan.norm_y = channel_norm(plan.y);
     plan.inv_x = (plan.norm_x + kNormEps).reciprocal();
     plan.inv_y = (plan.norm_y + kNormEps).reciprocal();
   }

@@ -38,4 +38,13 @@ struct NormalizedBackwardPlan {
 NormalizedBackwardPlan plan_normalized_backward(const at::Tensor& grad, const at::Tensor& g, const at::Tensor& f,
                                                 const at::Tensor& norm);
 
+#ifdef WITH_CUDA
+namespace cuda {
+// ||x[b, :, n]||_2 over the channels of contiguous (B, C, N) CUDA features of any float dtype: (B, N) in
+// at::toOpMathType(x.scalar_type()), the squares summed in double (the contract of the CPU kernel
+// cpu::channel_norm_cpu). plan_forward calls it when PDL_EXT_HAVE_CUDA_CHANNEL_NORM is defined.
+at::Tensor channel_norm_cuda(const at::Tensor& x);
+}  // namespace cuda
+#endif
+
 }  // namespace pdl_ext

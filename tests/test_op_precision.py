@@ -157,3 +157,73 @@ def test_2_to_the_25_against_one_item_y_gradient(monkeypatch):
     x = torch.rand(1, 2**25, generator=g)
     y = torch.tensor([[-0.5]])
     _check_unequal(monkeypatch, x, y, 2, False, True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Channel norms of the normalized op: a CPU kernel reads the features once in their dtype and sums
+# the squares in double; no float64 copy of the (B, C, N) input is made.
+# ---------------------------------------------------------------------------------------------
+NORM_SHAPES = [(2, 3, 100), (2, 64, 1000), (1, 512, 4096), (3, 1000, 333), (2, 17, 1), (1, 1, 300)]
+
+
+def _norms(x, y):
+    _, _, _, nx, ny = torch.ops.pdl_ext.normalized_wasserstein_1d_fwd(x, y, 1, False, False)
+    return nx, ny
+
+
+@pytest.mark.parametrize("b,c,n", NORM_SHAPES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_channel_norms_have_the_bits_of_the_float64_formula(b, c, n, dtype):
+    # The float64 sum rounded to float32: the same bits as the linalg_vector_norm(dtype=float64)
+    # the op used before, and within float64 rounding of the reference's float64 sum.
+    g = torch.Generator().manual_seed(c * n)
+    x = (torch.randn(b, c, n, generator=g, dtype=torch.float64) * 3).to(dtype)
+    y = torch.relu(torch.randn(b, c, 7, generator=g, dtype=torch.float64)).to(dtype)
+    nx, ny = _norms(x, y)
+    for f, got in ((x, nx), (y, ny)):
+        assert got.dtype == torch.float32 and got.shape == (b, f.shape[2])
+        old = torch.linalg.vector_norm(f, 2, (1,), False, dtype=torch.float64).to(torch.float32)
+        assert torch.equal(_bits(got), _bits(old))
+        ref = f.double().pow(2).sum(1).sqrt()  # pdl_ext.reference.channel_inv_norm's sum
+        torch.testing.assert_close(got.double(), ref, rtol=2**-24, atol=0)
+
+
+@pytest.mark.parametrize("b,c,n", NORM_SHAPES)
+def test_channel_norms_float64(b, c, n):
+    g = torch.Generator().manual_seed(c + n)
+    x = torch.randn(b, c, n, generator=g, dtype=torch.float64) * 1e3
+    y = torch.randn(b, c, 5, generator=g, dtype=torch.float64)
+    nx, _ = _norms(x, y)
+    assert nx.dtype == torch.float64
+    # Sums in another order (torch's reductions) differ by a few float64 roundings.
+    torch.testing.assert_close(nx, torch.linalg.vector_norm(x, 2, (1,), False), rtol=1e-14, atol=0)
+    torch.testing.assert_close(nx, x.pow(2).sum(1).sqrt(), rtol=1e-14, atol=0)
+
+
+def test_channel_norms_of_large_float32_features_do_not_overflow():
+    # Squares of 1e20 overflow float32; their float64 sums do not.
+    x = torch.full((1, 4, 6), 1e20)
+    x[0, :, 1] = torch.tensor([3e38, -3e38, 1.0, 0.0])
+    nx, _ = _norms(x, torch.ones(1, 4, 2))
+    want = x.double().pow(2).sum(1).sqrt()
+    assert torch.isinf(nx[0, 1]) and want[0, 1] > 3.4e38  # sqrt(2) * 3e38 is beyond float32: inf
+    keep = [0, 2, 3, 4, 5]
+    torch.testing.assert_close(nx[:, keep].double(), want[:, keep], rtol=2**-24, atol=0)
+
+
+def test_channel_norms_make_no_float64_copy():
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    x = torch.rand(2, 64, 4096)
+    y = torch.rand(2, 64, 4096)
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        torch.ops.pdl_ext.normalized_wasserstein_1d_fwd(x, y, 1, False, False)
+    events = sorted((e for e in prof.profiler.kineto_results.events()
+                     if e.name() == "[memory]" and e.device_type() == DeviceType.CPU), key=lambda e: e.start_ns())
+    current = peak = 0
+    for e in events:
+        current += e.nbytes()
+        peak = max(peak, current)
+    # outputs: (B, C) values, (B, N) norms and inverse norms per side; a float64 copy of x is 4 MiB
+    assert peak < x.numel() * 8 // 8, f"{peak} bytes allocated by torch during the forward"

@@ -923,6 +923,44 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> normalize
   return {f.loss, f.dx, f.dy, f.norm_x, f.norm_y};
 }
 
+at::Tensor channel_norm_cpu(const at::Tensor& x) {
+  TORCH_CHECK(x.dim() == 3 && x.is_contiguous() && x.device().is_cpu() && at::isFloatingType(x.scalar_type()),
+              "channel_norm_cpu: x must be contiguous CPU float features (B, C, N), got ", x.sizes(), " ",
+              x.scalar_type(), " on ", x.device());
+  const int64_t batch = x.size(0), channels = x.size(1), n = x.size(2);
+  at::Tensor out = at::empty({batch, n}, x.options().dtype(at::toOpMathType(x.scalar_type())));
+  if (out.numel() == 0) return out;
+  // A task is a block of kBlock positions of one sample: the channels in the outer loop, each a
+  // contiguous run of the block's positions, summed into kBlock double accumulators.
+  constexpr int64_t kBlock = 256;
+  const int64_t blocks = (n + kBlock - 1) / kBlock;
+  const int64_t grain = std::max<int64_t>(1, 32768 / (kBlock * std::max<int64_t>(channels, 1)));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "channel_norm_cpu", [&] {
+    using A = at::opmath_type<scalar_t>;
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    A* op = out.mutable_data_ptr<A>();
+    at::parallel_for(0, batch * blocks, grain, [&](int64_t begin, int64_t end) {
+      double acc[kBlock];
+      for (int64_t t = begin; t < end; ++t) {
+        const int64_t b = t / blocks;
+        const int64_t n0 = (t % blocks) * kBlock;
+        const int64_t len = std::min(kBlock, n - n0);
+        std::fill(acc, acc + len, 0.0);
+        const scalar_t* src = xp + b * channels * n + n0;
+        for (int64_t c = 0; c < channels; ++c, src += n) {
+          for (int64_t i = 0; i < len; ++i) {
+            const double v = static_cast<double>(static_cast<A>(src[i]));
+            acc[i] += v * v;
+          }
+        }
+        A* dst = op + b * n + n0;
+        for (int64_t i = 0; i < len; ++i) dst[i] = static_cast<A>(std::sqrt(acc[i]));
+      }
+    });
+  });
+  return out;
+}
+
 at::Tensor normalized_wasserstein_1d_bwd_cpu(const at::Tensor& grad, const at::Tensor& g, const at::Tensor& f,
                                              const at::Tensor& norm) {
   const NormalizedBackwardPlan b = plan_normalized_backward(grad, g, f, norm);
