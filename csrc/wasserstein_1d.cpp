@@ -76,14 +76,18 @@ void check_normalized_wasserstein_1d_inputs(const at::Tensor& x, const at::Tenso
 namespace {
 
 // Per-position norms over channels of contiguous (B, C, N) features: (B, N) in the opmath dtype,
-// summed in float64 (the squares of float32 features above ~1.8e19 would overflow float32).
+// summed in float64 (the squares of float32 features above ~1.8e19 would overflow float32). Where
+// that sum is not finite (an inf or NaN feature) the norm is NaN, which makes every normalized
+// feature of the position NaN: all rows of the sample, values and gradients (the op's rule).
 at::Tensor channel_norm(const at::Tensor& x) {
   if (x.device().is_cpu()) return cpu::channel_norm_cpu(x);
 #if defined(WITH_CUDA) && defined(PDL_EXT_HAVE_CUDA_CHANNEL_NORM)
   if (x.device().is_cuda()) return cuda::channel_norm_cuda(x);
 #endif
   // Other devices (CUDA until its kernel is built in): a float64 reduction, through a float64 copy.
-  return at::linalg_vector_norm(x, 2, {1}, false, at::kDouble).to(at::toOpMathType(x.scalar_type()));
+  const at::Tensor norm = at::linalg_vector_norm(x, 2, {1}, false, at::kDouble);
+  return norm.masked_fill(norm.isfinite().logical_not(), std::numeric_limits<double>::quiet_NaN())
+      .to(at::toOpMathType(x.scalar_type()));
 }
 
 }  // namespace

@@ -69,6 +69,11 @@ def normalized_wasserstein_1d(x: torch.Tensor, y: torch.Tensor, p: int = 1) -> t
         ``(B, C)``.
 
     The gradient at an all-zero position is taken as 0 (for ReLU features it is zero there anyway).
+    Non-finite features: where the float64 sum of squares over a position's channels is not finite
+    (an inf or NaN feature there, in ``x`` or ``y``), that position's normalized features are NaN in
+    every channel; every channel row of the sample passes through it, so all ``C`` values of that
+    sample are NaN, and so are its gradients (all of them, with respect to ``x`` and ``y``). Other
+    samples are unaffected.
 
     Example:
         >>> import torch, pdl_ext

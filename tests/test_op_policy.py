@@ -258,3 +258,81 @@ def test_extra_peak_memory_per_element(rows, n, dtype, limit):
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("PEAK")), proc.stderr[-2000:])
     per_elem = float(line.split()[1])
     assert per_elem <= limit, f"{rows} x {n} {dtype}: {per_elem:.2f} B per element of extra peak memory"
+
+
+# ---------------------------------------------------------------------------------------------
+# normalized_wasserstein_1d with non-finite features: where the float64 sum of squares over a
+# position's channels is not finite (an inf or NaN feature, in x or y), that position's normalized
+# features are NaN in every channel. Every channel row of the sample passes through it, so all C
+# values of the sample are NaN, and all its gradients (x and y, all-zero positions included); the
+# other samples are untouched. The same in the kernel and the reference.
+# ---------------------------------------------------------------------------------------------
+def _normalized_grads(op, x, y, p=1):
+    return _grads(op, x, y, p, True, True)
+
+
+@requires_ext
+@pytest.mark.parametrize("where,value", [("x", float("inf")), ("x", float("-inf")), ("y", float("inf")),
+                                         ("x", float("nan")), ("y", float("nan"))])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("p", [1, 2])
+def test_normalized_non_finite_feature_poisons_its_sample(where, value, dtype, p):
+    g = _gen(3)
+    x = torch.rand(3, 4, 9, generator=g, dtype=torch.float64)
+    y = torch.rand(3, 4, 6, generator=g, dtype=torch.float64)
+    x[1, :, 4] = 0.0  # an all-zero position in the poisoned sample: its gradient is NaN too
+    (x if where == "x" else y)[1, 2, 3] = value
+    x, y = x.to(dtype), y.to(dtype)
+    for op in (torch.ops.pdl_ext.normalized_wasserstein_1d, pdl_ext.reference.normalized_wasserstein_1d):
+        w, gx, gy = _normalized_grads(op, x, y, p)
+        name = getattr(op, "__name__", str(op))
+        assert torch.isnan(w[1]).all(), f"{name}: every value of the sample is NaN, got {w[1]}"
+        assert torch.isnan(gx[1]).all() and torch.isnan(gy[1]).all(), f"{name}: every gradient of the sample is NaN"
+        keep = [0, 2]
+        assert torch.isfinite(w[keep]).all() and torch.isfinite(gx[keep]).all() and torch.isfinite(gy[keep]).all()
+    got = _normalized_grads(torch.ops.pdl_ext.normalized_wasserstein_1d, x[[0, 2]], y[[0, 2]], p)
+    want = _normalized_grads(pdl_ext.reference.normalized_wasserstein_1d, x[[0, 2]].double(), y[[0, 2]].double(), p)
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype in (torch.float32, torch.float64) else dict(rtol=2e-2, atol=2e-3)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a.double(), b, **tol)
+
+
+@requires_ext
+def test_normalized_float64_squares_beyond_double_range_are_non_finite():
+    # 1e200 squared overflows float64: that position's norm is not finite, as the rule says.
+    x = torch.rand(2, 3, 5, dtype=torch.float64)
+    y = torch.rand(2, 3, 4, dtype=torch.float64)
+    x[0, 1, 1] = 1e200
+    for op in (torch.ops.pdl_ext.normalized_wasserstein_1d, pdl_ext.reference.normalized_wasserstein_1d):
+        w, gx, gy = _normalized_grads(op, x, y)
+        assert torch.isnan(w[0]).all() and torch.isnan(gx[0]).all() and torch.isfinite(w[1]).all()
+
+
+@requires_ext
+def test_normalized_large_finite_float32_features_stay_finite():
+    # float32 features near the float32 limit: finite float64 sums, finite values (the norm itself may
+    # round to inf in float32, which makes the normalized features of that position 0, as before).
+    x = torch.rand(1, 3, 5) * 1e38
+    y = torch.rand(1, 3, 4)
+    w = torch.ops.pdl_ext.normalized_wasserstein_1d(x, y, 1)
+    assert torch.isfinite(w).all()
+    torch.testing.assert_close(w, pdl_ext.reference.normalized_wasserstein_1d(x, y, 1))
+
+
+@requires_ext
+@pytest.mark.parametrize("n,m", [(8, 8), (8, 5)])
+def test_reference_follows_the_nan_policy_on_gradients(n, m):
+    # The documented policy, in the oracle too: a NaN in a row pair makes every gradient of the pair NaN.
+    g = _gen(9)
+    x = torch.randn(3, n, generator=g, dtype=torch.float64)
+    y = torch.randn(3, m, generator=g, dtype=torch.float64)
+    x[1, 2] = float("nan")
+    y[2, 0] = float("inf")  # an infinity is not a NaN: IEEE arithmetic
+    for op in (torch.ops.pdl_ext.wasserstein_1d, pdl_ext.reference.wasserstein_1d):
+        w, gx, gy = _grads(op, x, y, 2, True, True)
+        assert torch.isnan(w[1]) and torch.isnan(gx[1]).all() and torch.isnan(gy[1]).all()
+        assert torch.isfinite(gx[0]).all() and torch.isfinite(w[0])
+    got, want = (_grads(op, x[[0, 2]], y[[0, 2]], 2, True, True)
+                 for op in (torch.ops.pdl_ext.wasserstein_1d, pdl_ext.reference.wasserstein_1d))
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, equal_nan=True)

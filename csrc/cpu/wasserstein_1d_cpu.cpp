@@ -953,8 +953,12 @@ at::Tensor channel_norm_cpu(const at::Tensor& x) {
             acc[i] += v * v;
           }
         }
+        // A non-finite sum (an inf or NaN feature, or float64 squares beyond the double range) gives a
+        // NaN norm: every normalized feature at that position is NaN (normalized_wasserstein_1d's rule).
         A* dst = op + b * n + n0;
-        for (int64_t i = 0; i < len; ++i) dst[i] = static_cast<A>(std::sqrt(acc[i]));
+        for (int64_t i = 0; i < len; ++i) {
+          dst[i] = std::isfinite(acc[i]) ? static_cast<A>(std::sqrt(acc[i])) : std::numeric_limits<A>::quiet_NaN();
+        }
       }
     });
   });
