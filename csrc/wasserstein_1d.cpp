@@ -149,9 +149,16 @@ c10::TypedOperatorHandle<Sig> find_op(const char* name) {
   return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Sig>();
 }
 
+// Whether the forward must make t's derivative: reverse mode will ask for it, or t carries a
+// forward-mode tangent (torch.autograd.forward_ad, torch.func.jvp: level 0, as autograd's own
+// formulas read it), whose product with the derivative is the output's tangent.
+bool wants_derivative(const at::Tensor& t) {
+  return (at::GradMode::is_enabled() && t.requires_grad()) || t._fw_grad(/*level=*/0).defined();
+}
+
 at::Tensor normalized_wasserstein_1d(const at::Tensor& x, const at::Tensor& y, int64_t p) {
-  const bool grad_x = at::GradMode::is_enabled() && x.requires_grad();
-  const bool grad_y = at::GradMode::is_enabled() && y.requires_grad();
+  const bool grad_x = wants_derivative(x);
+  const bool grad_y = wants_derivative(y);
   using Out = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
   static auto op = find_op<Out(const at::Tensor&, const at::Tensor&, int64_t, bool, bool)>(
       "pdl_ext::normalized_wasserstein_1d_fwd");
@@ -160,8 +167,8 @@ at::Tensor normalized_wasserstein_1d(const at::Tensor& x, const at::Tensor& y, i
 
 at::Tensor wasserstein_1d(const at::Tensor& x, const at::Tensor& y, int64_t p) {
   // Only the gradients autograd will ask for are computed (a loss's target needs none).
-  const bool grad_x = at::GradMode::is_enabled() && x.requires_grad();
-  const bool grad_y = at::GradMode::is_enabled() && y.requires_grad();
+  const bool grad_x = wants_derivative(x);
+  const bool grad_y = wants_derivative(y);
   using Out = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
   static auto op =
       find_op<Out(const at::Tensor&, const at::Tensor&, int64_t, bool, bool)>("pdl_ext::wasserstein_1d_fwd");
