@@ -2,7 +2,7 @@
 
     python benchmarks/memory_rows.py                      # 1 x 2^26 and 64 x 2^20, float32, p=1
     python benchmarks/memory_rows.py --shapes 1x67108869 --dtype float64 --m-ratio 0.75
-    PDL_EXT_CPU_SORT=radix python benchmarks/memory_rows.py
+    PDL_EXT_CPU_PATH=radix python benchmarks/memory_rows.py
 
 The method is `pdl-ext bench`'s: each step runs in a fresh worker process with glibc's mmap threshold
 pinned (MALLOC_MMAP_THRESHOLD_=65536, so freed buffers go back to the OS); the peak resident set size

@@ -19,19 +19,21 @@
 #include "wasserstein_math.h"
 
 // `import pdl_ext._C` loads this library, which runs the TORCH_LIBRARY registrations below.
-// _C.cpu_sort() names the path of the CPU kernels here: "avx512" or "avx2" (vectorized sorts and
-// matching) or "radix" (portable), as the processor and PDL_EXT_CPU_SORT allow.
+// _C.cpu_path() names the path of the CPU kernels here: "avx512" or "avx2" (vectorized sorts and
+// matching) or "radix" (portable), as the processor and PDL_EXT_CPU_PATH allow; _C.cpu_sort() is its
+// former name.
 namespace {
-PyObject* cpu_sort(PyObject*, PyObject*) {
+PyObject* cpu_path(PyObject*, PyObject*) {
   try {
-    return PyUnicode_FromString(pdl_ext::cpu::cpu_sort_name());
-  } catch (const c10::Error& e) {  // a bad PDL_EXT_CPU_SORT
+    return PyUnicode_FromString(pdl_ext::cpu::cpu_path_name());
+  } catch (const c10::Error& e) {  // a bad PDL_EXT_CPU_PATH
     PyErr_SetString(PyExc_ValueError, e.what_without_backtrace());
     return nullptr;
   }
 }
 PyMethodDef module_methods[] = {
-    {"cpu_sort", cpu_sort, METH_NOARGS, "The path of the CPU kernels: 'avx512', 'avx2' or 'radix'."},
+    {"cpu_path", cpu_path, METH_NOARGS, "The path of the CPU kernels: 'avx512', 'avx2' or 'radix'."},
+    {"cpu_sort", cpu_path, METH_NOARGS, "Former name of cpu_path()."},
     {nullptr, nullptr, 0, nullptr}};
 }  // namespace
 

@@ -5,6 +5,15 @@ The ops themselves are declared once, in csrc/wasserstein_1d.cpp:
     pdl_ext::wasserstein_1d(Tensor x, Tensor y, int p) -> Tensor
     pdl_ext::wasserstein_1d_fwd(Tensor x, Tensor y, int p, bool grad_x, bool grad_y) -> (Tensor, Tensor, Tensor)
     pdl_ext::wasserstein_1d_bwd(Tensor grad, Tensor d) -> Tensor
+    pdl_ext::normalized_wasserstein_1d(Tensor x, Tensor y, int p) -> Tensor
+    pdl_ext::normalized_wasserstein_1d_fwd(Tensor x, Tensor y, int p, bool grad_x, bool grad_y)
+        -> (Tensor, Tensor, Tensor, Tensor, Tensor)
+    pdl_ext::normalized_wasserstein_1d_bwd(Tensor grad, Tensor g, Tensor f, Tensor norm) -> Tensor
+
+The composites (wasserstein_1d, normalized_wasserstein_1d) pick which derivatives the _fwd ops make
+(those autograd will ask for, or that a forward-mode tangent needs); the _fwd ops return the values,
+the derivatives and (normalized) the per-position channel norms; the _bwd ops are the whole backward.
+This module registers their fake kernels and their autograd (reverse and forward mode).
 """
 from __future__ import annotations
 

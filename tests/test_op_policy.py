@@ -336,3 +336,51 @@ def test_reference_follows_the_nan_policy_on_gradients(n, m):
                  for op in (torch.ops.pdl_ext.wasserstein_1d, pdl_ext.reference.wasserstein_1d))
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, equal_nan=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# The CPU path: PDL_EXT_CPU_PATH and extension_info()["cpu_path"] name it; the former names
+# PDL_EXT_CPU_SORT (read when PDL_EXT_CPU_PATH is unset, with a DeprecationWarning) and
+# extension_info()["cpu_sort"] still work.
+# ---------------------------------------------------------------------------------------------
+@requires_ext
+def test_cpu_path_variable_and_key(monkeypatch):
+    monkeypatch.delenv("PDL_EXT_CPU_SORT", raising=False)
+    monkeypatch.setenv("PDL_EXT_CPU_PATH", "radix")
+    info = pdl_ext.extension_info()
+    assert info["cpu_path"] == info["cpu_sort"] == pdl_ext._C.cpu_path() == pdl_ext._C.cpu_sort() == "radix"
+    monkeypatch.setenv("PDL_EXT_CPU_PATH", "auto")
+    assert pdl_ext.extension_info()["cpu_path"] in ("avx512", "avx2", "radix")
+    monkeypatch.setenv("PDL_EXT_CPU_PATH", "sse")
+    with pytest.raises(RuntimeError, match="PDL_EXT_CPU_PATH must be auto, avx512, avx2 or radix, got 'sse'"):
+        pdl_ext.wasserstein_1d(torch.rand(2, 3), torch.rand(2, 3))
+
+
+@requires_ext
+def test_former_variable_still_picks_the_path_with_a_deprecation_warning(monkeypatch):
+    monkeypatch.delenv("PDL_EXT_CPU_PATH", raising=False)
+    monkeypatch.setenv("PDL_EXT_CPU_SORT", "radix")
+    with pytest.warns(DeprecationWarning, match="PDL_EXT_CPU_SORT is deprecated.*PDL_EXT_CPU_PATH"):
+        info = pdl_ext.extension_info()
+    assert info["cpu_path"] == info["cpu_sort"] == "radix"
+    monkeypatch.setenv("PDL_EXT_CPU_SORT", "fastest")
+    with pytest.raises(RuntimeError, match="PDL_EXT_CPU_SORT must be auto, avx512, avx2 or radix, got 'fastest'"):
+        pdl_ext.wasserstein_1d(torch.rand(2, 3), torch.rand(2, 3))
+    # the new name wins, silently
+    monkeypatch.setenv("PDL_EXT_CPU_PATH", "radix")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert pdl_ext.extension_info()["cpu_path"] == "radix"
+
+
+@requires_ext
+def test_former_variable_warns_at_import():
+    env = dict(os.environ, PDL_EXT_CPU_SORT="radix",
+               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    env.pop("PDL_EXT_CPU_PATH", None)
+    proc = subprocess.run([sys.executable, "-W", "always::DeprecationWarning", "-c", "import pdl_ext"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "PDL_EXT_CPU_SORT is deprecated" in proc.stderr

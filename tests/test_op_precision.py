@@ -21,11 +21,11 @@ from pdl_ext import extension, reference
 
 pytestmark = pytest.mark.skipif(not extension.COMPILED, reason="C++ extension not built")
 
-PATH_ENV = "PDL_EXT_CPU_SORT"
+PATH_ENV = "PDL_EXT_CPU_PATH"
 
 
 def _path_now() -> str:
-    return pdl_ext._C.cpu_sort()
+    return pdl_ext._C.cpu_path()
 
 
 def _cpu_paths():

@@ -46,13 +46,14 @@ struct SimdKernels {
                             int p, double* dx);
 };
 
-// The kernels for this processor, or nullptr for the radix sort. The environment variable
-// PDL_EXT_CPU_SORT = auto (default) | avx512 | avx2 | radix caps the choice (for tests and
-// benchmarks of every path); a set the processor lacks falls back to the next one down.
+// The kernels for this processor, or nullptr for the portable path. The environment variable
+// PDL_EXT_CPU_PATH = auto (default) | avx512 | avx2 | radix (formerly PDL_EXT_CPU_SORT, still read
+// when PDL_EXT_CPU_PATH is unset) caps the choice, for tests and benchmarks of every path; a set the
+// processor lacks falls back to the next one down. Read on every call.
 const SimdKernels* simd_kernels();
 
 // The name of the path simd_kernels() picks: "avx512", "avx2" or "radix".
-const char* cpu_sort_name();
+const char* cpu_path_name();
 
 // Capacity a buffer needs for a row of n items (any instruction set).
 inline int64_t simd_sort_capacity(int64_t n) { return (n + 127) / 128 * 128; }

@@ -1,9 +1,19 @@
-// CPU kernel of the fused sort-and-match 1D Wasserstein distance (forward and per-element gradient).
+// CPU kernels of the fused sort-and-match 1D Wasserstein distance (forward and per-element gradient),
+// the per-position channel norms of the normalized op, and its backward.
 //
-// One pass per row pair: load and key-transform both rows, radix sort them (x carrying int32
-// positions; y carrying positions only when its gradient is wanted), then match the sorted atoms,
-// accumulate W_p^p and write d(W_p^p)/dx straight to the row's positions. The backward of the op is
-// then a single scale by the incoming gradient.
+// One pass per row pair: load both rows as order-preserving keys, sort them (a side whose gradient is
+// wanted carries int32 positions), then match the sorted atoms, accumulate W_p^p in double and write
+// d(W_p^p)/dx (and dy) straight to the row's positions; the backward of the op is then a single scale
+// by the incoming gradient. The path (simd_sort.h, PDL_EXT_CPU_PATH) decides how:
+//   avx512 / avx2: rows up to the kernels' max_row_* merge sorted with vector code, two at a time;
+//     longer ones radix sorted; vectorized key loads; a loss's rows (dx only) matched with vector code.
+//   radix: rows shorter than kGroupItems radix sorted in groups that share one histogram, longer ones
+//     one by one with the portable primitives (kPortable); scalar matching (match_row).
+//   float64 rows: sorted by their float32-rounded keys, then by value within equal keys (Sorted64),
+//     or radix sorted on 64-bit keys on the radix path.
+//   Rows from kWindowedMin items, on every path: sorted in windows of consecutive ranks, a fraction
+//     of the row each (WindowedSide), so that one long row needs little scratch.
+// Every path yields the same sorted order and per-pair arithmetic, hence the same gradient bits.
 #include "wasserstein_1d_cpu.h"
 
 #include <ATen/ATen.h>
