@@ -3,6 +3,7 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <limits>
 #include <tuple>
 
 namespace pdl_ext {

@@ -214,7 +214,7 @@ def _register_autograd(name: str, setup_context, backward, jvp) -> None:
 
 
 if extension.COMPILED:
-    _AUTOGRAD_LIB = torch.library.Library("pdl_ext", "IMPL")  # noqa: the Autograd kernels' registrations
+    _AUTOGRAD_LIB = torch.library.Library("pdl_ext", "IMPL")  # holds the Autograd kernels' registrations
 
     @torch.library.register_fake("pdl_ext::wasserstein_1d_fwd")
     def _wasserstein_1d_fwd_fake(x, y, p, grad_x, grad_y):

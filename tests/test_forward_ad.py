@@ -172,3 +172,17 @@ def test_pdl_loss_jvp(normalize, monkeypatch):
     monkeypatch.setattr(extension, "_warned", True)
     want = torch.func.jvp(lambda a: loss_fn(a, ref_img), (img,), (t,))
     torch.testing.assert_close((value, tangent), want, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("op,ref", PLAIN + NORMALIZED)
+def test_per_sample_gradients_vmap_of_grad(op, ref):
+    normalized = op in (ops.normalized_wasserstein_1d, torch.ops.pdl_ext.normalized_wasserstein_1d)
+    x, y, _, _ = _normalized_inputs(10, 7) if normalized else _plain_inputs(10, 7)
+    if normalized:  # one sample per vmapped slice: (1, C, N)
+        x, y = x.unsqueeze(1), y.unsqueeze(1)
+
+    def per_sample(fn):
+        return torch.func.vmap(torch.func.grad(lambda a, b: fn(a, b, 2).sum(), argnums=(0, 1)))(x, y)
+
+    for a, b in zip(per_sample(op), per_sample(ref)):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
