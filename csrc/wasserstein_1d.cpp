@@ -19,19 +19,21 @@
 #include "wasserstein_math.h"
 
 // `import pdl_ext._C` loads this library, which runs the TORCH_LIBRARY registrations below.
-// _C.cpu_sort() names the path of the CPU kernels here: "avx512" or "avx2" (vectorized sorts and
-// matching) or "radix" (portable), as the processor and PDL_EXT_CPU_SORT allow.
+// _C.cpu_path() names the path of the CPU kernels here: "avx512" or "avx2" (vectorized sorts and
+// matching) or "radix" (portable), as the processor and PDL_EXT_CPU_PATH allow; _C.cpu_sort() is its
+// former name.
 namespace {
-PyObject* cpu_sort(PyObject*, PyObject*) {
+PyObject* cpu_path(PyObject*, PyObject*) {
   try {
-    return PyUnicode_FromString(pdl_ext::cpu::cpu_sort_name());
-  } catch (const c10::Error& e) {  // a bad PDL_EXT_CPU_SORT
+    return PyUnicode_FromString(pdl_ext::cpu::cpu_path_name());
+  } catch (const c10::Error& e) {  // a bad PDL_EXT_CPU_PATH
     PyErr_SetString(PyExc_ValueError, e.what_without_backtrace());
     return nullptr;
   }
 }
 PyMethodDef module_methods[] = {
-    {"cpu_sort", cpu_sort, METH_NOARGS, "The path of the CPU kernels: 'avx512', 'avx2' or 'radix'."},
+    {"cpu_path", cpu_path, METH_NOARGS, "The path of the CPU kernels: 'avx512', 'avx2' or 'radix'."},
+    {"cpu_sort", cpu_path, METH_NOARGS, "Former name of cpu_path()."},
     {nullptr, nullptr, 0, nullptr}};
 }  // namespace
 
@@ -61,10 +63,10 @@ void check_wasserstein_1d_inputs(const at::Tensor& x, const at::Tensor& y, int64
               x.sizes(), " and y ", y.sizes());
   TORCH_CHECK(x.size(-1) > 0, "wasserstein_1d: x rows must not be empty (N > 0), got shape ", x.sizes());
   TORCH_CHECK(y.size(-1) > 0, "wasserstein_1d: y rows must not be empty (M > 0), got shape ", y.sizes());
-  TORCH_CHECK(x.size(-1) <= std::numeric_limits<int32_t>::max() &&
-                  y.size(-1) <= std::numeric_limits<int32_t>::max(),
-              "wasserstein_1d: rows longer than 2^31 - 1 are not supported, got N = ", x.size(-1),
-              ", M = ", y.size(-1));
+  // The kernels index a row's items with int32 positions.
+  TORCH_CHECK_VALUE(x.size(-1) <= kMaxRowLength && y.size(-1) <= kMaxRowLength,
+                    "wasserstein_1d: rows must hold at most 2^31 - 1 = ", kMaxRowLength,
+                    " items, got x rows of N = ", x.size(-1), " and y rows of M = ", y.size(-1));
 }
 
 void check_normalized_wasserstein_1d_inputs(const at::Tensor& x, const at::Tensor& y, int64_t p) {
@@ -72,6 +74,25 @@ void check_normalized_wasserstein_1d_inputs(const at::Tensor& x, const at::Tenso
   TORCH_CHECK(y.dim() == 3, "normalized_wasserstein_1d: y must be (B, C, M), got shape ", y.sizes());
   check_wasserstein_1d_inputs(x, y, p);
 }
+
+namespace {
+
+// Per-position norms over channels of contiguous (B, C, N) features: (B, N) in the opmath dtype,
+// summed in float64 (the squares of float32 features above ~1.8e19 would overflow float32). Where
+// that sum is not finite (an inf or NaN feature) the norm is NaN, which makes every normalized
+// feature of the position NaN: all rows of the sample, values and gradients (the op's rule).
+at::Tensor channel_norm(const at::Tensor& x) {
+  if (x.device().is_cpu()) return cpu::channel_norm_cpu(x);
+#if defined(WITH_CUDA) && defined(PDL_EXT_HAVE_CUDA_CHANNEL_NORM)
+  if (x.device().is_cuda()) return cuda::channel_norm_cuda(x);
+#endif
+  // Other devices (CUDA until its kernel is built in): a float64 reduction, through a float64 copy.
+  const at::Tensor norm = at::linalg_vector_norm(x, 2, {1}, false, at::kDouble);
+  return norm.masked_fill(norm.isfinite().logical_not(), std::numeric_limits<double>::quiet_NaN())
+      .to(at::toOpMathType(x.scalar_type()));
+}
+
+}  // namespace
 
 ForwardPlan plan_forward(const at::Tensor& x, const at::Tensor& y, int64_t p, bool grad_x, bool grad_y,
                          bool normalized) {
@@ -91,11 +112,9 @@ ForwardPlan plan_forward(const at::Tensor& x, const at::Tensor& y, int64_t p, bo
   plan.dy = grad_y ? at::empty_like(plan.y) : at::empty({0}, y.options());
   if (normalized) {
     // Per-position norms over channels: 1/C of the features; kept for the backward.
-    const auto acc = at::toOpMathType(x.scalar_type());
     plan.channels = x.size(1);
-    // Summed in float64: the squares of float32 features above ~1.8e19 would overflow.
-    plan.norm_x = at::linalg_vector_norm(plan.x, 2, {1}, false, at::kDouble).to(acc);
-    plan.norm_y = at::linalg_vector_norm(plan.y, 2, {1}, false, at::kDouble).to(acc);
+    plan.norm_x = channel_norm(plan.x);
+    plan.norm_y = channel_norm(plan.y);
     plan.inv_x = (plan.norm_x + kNormEps).reciprocal();
     plan.inv_y = (plan.norm_y + kNormEps).reciprocal();
   }
@@ -132,9 +151,16 @@ c10::TypedOperatorHandle<Sig> find_op(const char* name) {
   return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Sig>();
 }
 
+// Whether the forward must make t's derivative: reverse mode will ask for it, or t carries a
+// forward-mode tangent (torch.autograd.forward_ad, torch.func.jvp: level 0, as autograd's own
+// formulas read it), whose product with the derivative is the output's tangent.
+bool wants_derivative(const at::Tensor& t) {
+  return (at::GradMode::is_enabled() && t.requires_grad()) || t._fw_grad(/*level=*/0).defined();
+}
+
 at::Tensor normalized_wasserstein_1d(const at::Tensor& x, const at::Tensor& y, int64_t p) {
-  const bool grad_x = at::GradMode::is_enabled() && x.requires_grad();
-  const bool grad_y = at::GradMode::is_enabled() && y.requires_grad();
+  const bool grad_x = wants_derivative(x);
+  const bool grad_y = wants_derivative(y);
   using Out = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
   static auto op = find_op<Out(const at::Tensor&, const at::Tensor&, int64_t, bool, bool)>(
       "pdl_ext::normalized_wasserstein_1d_fwd");
@@ -143,8 +169,8 @@ at::Tensor normalized_wasserstein_1d(const at::Tensor& x, const at::Tensor& y, i
 
 at::Tensor wasserstein_1d(const at::Tensor& x, const at::Tensor& y, int64_t p) {
   // Only the gradients autograd will ask for are computed (a loss's target needs none).
-  const bool grad_x = at::GradMode::is_enabled() && x.requires_grad();
-  const bool grad_y = at::GradMode::is_enabled() && y.requires_grad();
+  const bool grad_x = wants_derivative(x);
+  const bool grad_y = wants_derivative(y);
   using Out = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
   static auto op =
       find_op<Out(const at::Tensor&, const at::Tensor&, int64_t, bool, bool)>("pdl_ext::wasserstein_1d_fwd");

@@ -3,9 +3,13 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <limits>
 #include <tuple>
 
 namespace pdl_ext {
+
+// Longest row the kernels take (int32 positions): 2^31 - 1 items.
+constexpr int64_t kMaxRowLength = 2147483647;
 
 // Validates the operands of the wasserstein_1d ops; the messages name the argument, the expected
 // and the received value (the Python wrappers run the same checks first, with the same wording).
@@ -34,5 +38,15 @@ struct NormalizedBackwardPlan {
 };
 NormalizedBackwardPlan plan_normalized_backward(const at::Tensor& grad, const at::Tensor& g, const at::Tensor& f,
                                                 const at::Tensor& norm);
+
+#ifdef WITH_CUDA
+namespace cuda {
+// ||x[b, :, n]||_2 over the channels of contiguous (B, C, N) CUDA features of any float dtype: (B, N) in
+// at::toOpMathType(x.scalar_type()), the squares summed in double, NaN where that double sum is not
+// finite (the contract of the CPU kernel cpu::channel_norm_cpu). plan_forward calls it when
+// PDL_EXT_HAVE_CUDA_CHANNEL_NORM is defined.
+at::Tensor channel_norm_cuda(const at::Tensor& x);
+}  // namespace cuda
+#endif
 
 }  // namespace pdl_ext

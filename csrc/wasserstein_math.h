@@ -149,14 +149,16 @@ PDL_HD A merge_atom(int64_t a, A va, int64_t na, int64_t nb, int p, Other other,
 // Fused feature normalization (as LPIPS): u[c] = f[c] / (r + eps), r = ||f[:]||_2 over channels at
 // one position. Given H[c] = dL/du[c] and s = sum_c H[c] f[c], the gradient is
 //   dL/df[c] = H[c] / (r + eps) - f[c] s / (r (r + eps)^2),
-// taken as 0 at an all-zero position (r = 0; for ReLU features the gradient is zero there anyway).
+// taken as 0 at an all-zero position (r = 0; for ReLU features the gradient is zero there anyway),
+// unless H is NaN there: a NaN row (an inf or NaN feature of the sample, whose norm is then NaN)
+// makes every gradient of the sample NaN, all-zero positions included.
 // ---------------------------------------------------------------------------------------------
 constexpr double kNormEps = 1e-10;
 
 template <typename A> PDL_HD A inv_norm(A r) { return A(1) / (r + A(kNormEps)); }
 
 template <typename A> PDL_HD A normalize_grad(A h, A f, A s, A r) {
-  if (r == A(0)) return A(0);  // a NaN norm falls through and gives NaN, as the policy says
+  if (r == A(0)) return h != h ? h : A(0);  // a NaN norm falls through and gives NaN, as the policy says
   const A a = A(1) / (r + A(kNormEps));
   return h * a - (f / r) * (s * a * a);  // f / r <= 1 first: no overflow for tiny norms
 }

@@ -79,6 +79,7 @@ def check_wasserstein_1d_inputs(x: object, y: object, p: object, fn: str = "wass
         raise ValueError(f"{fn}: x rows must not be empty (N > 0), got shape {tuple(x.shape)}")
     if y.shape[-1] == 0:
         raise ValueError(f"{fn}: y rows must not be empty (M > 0), got shape {tuple(y.shape)}")
+    check_row_length(x.shape[-1], y.shape[-1], fn)
     return p
 
 
@@ -119,3 +120,14 @@ def check_images(fn: str, x: object, y: object = None, *, names: Tuple[str, str]
         side, why = min_size
         if min(x.shape[-2:]) < side:
             raise ValueError(f"{fn}: images must be at least {side}x{side} ({why}), got {x.shape[-2]}x{x.shape[-1]}")
+
+
+MAX_ROW_LENGTH = 2**31 - 1  # the kernels index a row's items with int32 positions
+
+
+def check_row_length(n: int, m: int, fn: str) -> None:
+    """ValueError when a row is longer than the kernels take (the C++ ops raise the same)."""
+    if n > MAX_ROW_LENGTH or m > MAX_ROW_LENGTH:
+        raise ValueError(
+            f"{fn}: rows must hold at most 2^31 - 1 = {MAX_ROW_LENGTH} items, got x rows of N = {n} and y rows of M = {m}"
+        )

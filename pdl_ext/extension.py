@@ -1,6 +1,7 @@
 """Loading of the compiled extension pdl_ext._C, and what it holds."""
 from __future__ import annotations
 
+import os
 import warnings
 from typing import Any, Dict, Optional
 
@@ -32,6 +33,17 @@ def warn_fallback() -> None:
         )
 
 
+def warn_deprecated_env() -> None:
+    """DeprecationWarning when the CPU path is chosen by PDL_EXT_CPU_SORT (PDL_EXT_CPU_PATH unset)."""
+    if os.environ.get("PDL_EXT_CPU_SORT") and not os.environ.get("PDL_EXT_CPU_PATH"):
+        warnings.warn(
+            "pdl_ext: the environment variable PDL_EXT_CPU_SORT is deprecated (it still picks the CPU path "
+            "for now); set PDL_EXT_CPU_PATH instead",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+
+
 def has_kernel(op: str, dispatch_key: str) -> bool:
     """True when the registered op `pdl_ext::<op>` has a kernel for `dispatch_key` ("CPU", "CUDA")."""
     if not COMPILED:
@@ -44,10 +56,13 @@ def extension_info() -> Dict[str, Any]:
 
     Returns:
         dict with ``compiled`` (the C++ extension is loaded), ``cuda`` (CUDA kernels were compiled
-        in), ``cuda_available`` (torch sees a GPU), ``version``, ``torch``, ``openmp``,
-        ``num_threads``, ``cpu_sort`` (the sort of the CPU kernels for float32 rows: ``"avx512"`` on
-        processors with AVX-512, else ``"radix"``; ``PDL_EXT_CPU_SORT=radix`` forces the radix sort)
-        and, when not compiled, ``load_error``.
+        in), ``cuda_available`` (torch sees a GPU), ``version``, ``torch``, ``torch_cuda``,
+        ``openmp``, ``num_threads``, ``cpu_path`` (the path of the CPU kernels: ``"avx512"`` on
+        processors with AVX-512 (F, BW, DQ, VL), ``"avx2"`` on those with AVX2 and F16C, else the
+        portable ``"radix"``; the environment variable ``PDL_EXT_CPU_PATH=auto|avx512|avx2|radix``
+        caps it), ``cpu_sort`` (the same, its former name) and, when not compiled, ``load_error``.
+        ``PDL_EXT_CPU_SORT``, the variable's former name, is still read when ``PDL_EXT_CPU_PATH`` is
+        not set, with a DeprecationWarning.
 
     Example:
         >>> import pdl_ext
@@ -67,7 +82,12 @@ def extension_info() -> Dict[str, Any]:
         "num_threads": torch.get_num_threads(),
     }
     if COMPILED:
-        info["cpu_sort"] = _C.cpu_sort()
+        warn_deprecated_env()
+        info["cpu_path"] = info["cpu_sort"] = _C.cpu_path()
     else:
         info["load_error"] = _LOAD_ERROR
     return info
+
+
+if COMPILED:
+    warn_deprecated_env()  # the variable is read on every call; this names it once at import

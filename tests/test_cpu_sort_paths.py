@@ -3,7 +3,7 @@
 With AVX-512 or AVX2 the kernels sort short rows with the vectorized merge sort (csrc/cpu/simd_sort_impl.h),
 long float32 rows one by one with the radix sort, float64 rows by their float32-rounded keys and then by
 value, and match the rows of a loss (x needs its gradient, y not) with vector code. The environment
-variable ``PDL_EXT_CPU_SORT`` (auto | avx512 | avx2 | radix) picks a path. Every path must give the same
+variable ``PDL_EXT_CPU_PATH`` (auto | avx512 | avx2 | radix) picks a path. Every path must give the same
 sorted order, so the same gradients bit for bit and the same distances up to the order of the float64
 summation, and all must agree with the pure-PyTorch reference.
 """
@@ -26,18 +26,18 @@ def _simd_kinds():
     """The vectorized paths this processor runs."""
     if not extension.COMPILED:
         return []
-    saved = os.environ.get("PDL_EXT_CPU_SORT")
+    saved = os.environ.get("PDL_EXT_CPU_PATH")
     kinds = []
     try:
         for kind in ("avx512", "avx2"):
-            os.environ["PDL_EXT_CPU_SORT"] = kind
+            os.environ["PDL_EXT_CPU_PATH"] = kind
             if _cpu_sort() == kind:
                 kinds.append(kind)
     finally:
         if saved is None:
-            os.environ.pop("PDL_EXT_CPU_SORT", None)
+            os.environ.pop("PDL_EXT_CPU_PATH", None)
         else:
-            os.environ["PDL_EXT_CPU_SORT"] = saved
+            os.environ["PDL_EXT_CPU_PATH"] = saved
     return kinds
 
 
@@ -63,13 +63,13 @@ def _bits(t):
 
 
 def _both_paths(monkeypatch, kind, *args, **kwargs):
-    monkeypatch.setenv("PDL_EXT_CPU_SORT", kind)
+    monkeypatch.setenv("PDL_EXT_CPU_PATH", kind)
     assert _cpu_sort() == kind
     fast = _run(*args, **kwargs)
-    monkeypatch.setenv("PDL_EXT_CPU_SORT", "radix")
+    monkeypatch.setenv("PDL_EXT_CPU_PATH", "radix")
     assert _cpu_sort() == "radix"
     slow = _run(*args, **kwargs)
-    monkeypatch.delenv("PDL_EXT_CPU_SORT")
+    monkeypatch.delenv("PDL_EXT_CPU_PATH")
     return fast, slow
 
 
@@ -154,14 +154,14 @@ def test_vectorized_and_radix_agree_for_the_normalized_op(monkeypatch, kind, n, 
 
 
 def test_cpu_sort_is_reported_and_can_be_forced(monkeypatch):
-    monkeypatch.setenv("PDL_EXT_CPU_SORT", "radix")
+    monkeypatch.setenv("PDL_EXT_CPU_PATH", "radix")
     assert pdl_ext.extension_info()["cpu_sort"] == "radix"
-    monkeypatch.setenv("PDL_EXT_CPU_SORT", "auto")
+    monkeypatch.setenv("PDL_EXT_CPU_PATH", "auto")
     assert pdl_ext.extension_info()["cpu_sort"] == (SIMD_KINDS + ["radix"])[0]
-    monkeypatch.setenv("PDL_EXT_CPU_SORT", "fastest")
-    with pytest.raises(RuntimeError, match="PDL_EXT_CPU_SORT must be auto, avx512, avx2 or radix, got 'fastest'"):
+    monkeypatch.setenv("PDL_EXT_CPU_PATH", "fastest")
+    with pytest.raises(RuntimeError, match="PDL_EXT_CPU_PATH must be auto, avx512, avx2 or radix, got 'fastest'"):
         pdl_ext.wasserstein_1d(torch.rand(2, 3), torch.rand(2, 3))
-    with pytest.raises(ValueError, match="PDL_EXT_CPU_SORT must be"):
+    with pytest.raises(ValueError, match="PDL_EXT_CPU_PATH must be"):
         pdl_ext._C.cpu_sort()
 
 

@@ -26,12 +26,19 @@ Level processor_level() {
   return kRadix;
 }
 
+// PDL_EXT_CPU_PATH, or the older name PDL_EXT_CPU_SORT when only that one is set (the Python package
+// warns that it is deprecated); an error names the variable that was read.
 Level requested_level() {
-  const char* v = std::getenv("PDL_EXT_CPU_SORT");
+  const char* name = "PDL_EXT_CPU_PATH";
+  const char* v = std::getenv(name);
+  if (v == nullptr || *v == '\0') {
+    name = "PDL_EXT_CPU_SORT";
+    v = std::getenv(name);
+  }
   if (v == nullptr || *v == '\0' || std::strcmp(v, "auto") == 0 || std::strcmp(v, "avx512") == 0) return kAvx512;
   if (std::strcmp(v, "avx2") == 0) return kAvx2;
   if (std::strcmp(v, "radix") == 0) return kRadix;
-  TORCH_CHECK(false, "PDL_EXT_CPU_SORT must be auto, avx512, avx2 or radix, got '", v, "'");
+  TORCH_CHECK(false, name, " must be auto, avx512, avx2 or radix, got '", v, "'");
 }
 
 }  // namespace
@@ -42,7 +49,7 @@ const SimdKernels* simd_kernels() {
   return level == kAvx512 ? avx512_kernels() : level == kAvx2 ? avx2_kernels() : nullptr;
 }
 
-const char* cpu_sort_name() {
+const char* cpu_path_name() {
   const SimdKernels* k = simd_kernels();
   return k != nullptr ? k->name : "radix";
 }

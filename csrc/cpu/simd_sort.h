@@ -34,9 +34,10 @@ struct SimdKernels {
   void (*widen_f16)(const uint16_t* src, int64_t n, float* out);
 
   // The matching of a loss's sorted rows (x as key << 32 | position items, y as keys), with
-  // match_row's float arithmetic per pair: writes dx[position] = d(W_p^p)/dx. Equal lengths: returns
-  // the sum of |x - y|^p in double (divide by n). Unequal (n m < 2^52; nullptr when the set has
-  // none): the sum over the merged grid's segments of length * |x - y|^p (divide by n m).
+  // match_row's arithmetic per pair (float differences and derivatives; an atom's segments summed in
+  // double): writes dx[position] = d(W_p^p)/dx. Equal lengths: returns the sum of |x - y|^p in
+  // double (divide by n). Unequal (n m < 2^52; nullptr when the set has none): the sum over the
+  // merged grid's segments of length * |x - y|^p (divide by n m).
   double (*match_equal)(const uint64_t* x, const uint32_t* y, int64_t n, int p, float* dx);
   double (*match_unequal)(const uint64_t* x, const uint32_t* y, int64_t n, int64_t m, int p, float* dx);
   // float64 rows of equal length, sorted as items (.. | position) over their values xv, yv: the same
@@ -45,13 +46,14 @@ struct SimdKernels {
                             int p, double* dx);
 };
 
-// The kernels for this processor, or nullptr for the radix sort. The environment variable
-// PDL_EXT_CPU_SORT = auto (default) | avx512 | avx2 | radix caps the choice (for tests and
-// benchmarks of every path); a set the processor lacks falls back to the next one down.
+// The kernels for this processor, or nullptr for the portable path. The environment variable
+// PDL_EXT_CPU_PATH = auto (default) | avx512 | avx2 | radix (formerly PDL_EXT_CPU_SORT, still read
+// when PDL_EXT_CPU_PATH is unset) caps the choice, for tests and benchmarks of every path; a set the
+// processor lacks falls back to the next one down. Read on every call.
 const SimdKernels* simd_kernels();
 
 // The name of the path simd_kernels() picks: "avx512", "avx2" or "radix".
-const char* cpu_sort_name();
+const char* cpu_path_name();
 
 // Capacity a buffer needs for a row of n items (any instruction set).
 inline int64_t simd_sort_capacity(int64_t n) { return (n + 127) / 128 * 128; }

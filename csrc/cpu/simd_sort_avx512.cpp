@@ -185,7 +185,7 @@ double match_unequal(const uint64_t* x, const uint32_t* y, int64_t n, int64_t m,
   // 8 x atoms per step, in double lanes: atom i spans [i m, (i + 1) m) in units of 1 / (n m), all
   // integers below 2^53 here (the caller checks n m), so the double arithmetic is exact.
   const double total = static_cast<double>(n) * static_cast<double>(m);
-  const __m256 inv = _mm256_set1_ps(static_cast<float>(1.0 / total));
+  const __m512d inv = _mm512_set1_pd(1.0 / total);
   const __m512d dn = _mm512_set1_pd(static_cast<double>(n));
   const __m512d dm = _mm512_set1_pd(static_cast<double>(m));
   const __m512d inv_n = _mm512_set1_pd(1.0 / static_cast<double>(n));
@@ -207,7 +207,7 @@ double match_unequal(const uint64_t* x, const uint32_t* y, int64_t n, int64_t m,
     b = _mm512_mask_sub_pd(b, _mm512_cmp_pd_mask(_mm512_mul_pd(b, dn), lo, _CMP_GT_OQ), b, _mm512_set1_pd(1.0));
     b = _mm512_mask_add_pd(b, _mm512_cmp_pd_mask(_mm512_add_pd(_mm512_mul_pd(b, dn), dn), lo, _CMP_LE_OQ), b,
                            _mm512_set1_pd(1.0));
-    __m256 gx = zero;
+    __m512d gx = zero_d;  // in double, as match_row: an atom may span ~m / n segments
     for (int64_t t = 0; t < overlap; ++t) {
       const __m512d start = _mm512_max_pd(_mm512_mul_pd(b, dn), lo);
       const __m512d end = _mm512_min_pd(_mm512_add_pd(_mm512_mul_pd(b, dn), dn), hi);
@@ -247,10 +247,10 @@ double match_unequal(const uint64_t* x, const uint32_t* y, int64_t n, int64_t m,
         g = _mm256_mul_ps(_mm256_set1_ps(2.0f), d);
       }
       acc = _mm512_mask_add_pd(acc, on, acc, _mm512_mul_pd(len, _mm512_cvtps_pd(cost)));
-      gx = _mm256_mask_add_ps(gx, on, gx, _mm256_mul_ps(g, _mm512_cvtpd_ps(len)));
+      gx = _mm512_mask_add_pd(gx, on, gx, _mm512_mul_pd(_mm512_cvtps_pd(g), len));
       b = _mm512_add_pd(b, _mm512_set1_pd(1.0));
     }
-    _mm256_mask_i32scatter_ps(dx, mx, xp, _mm256_mul_ps(gx, inv), 4);
+    _mm256_mask_i32scatter_ps(dx, mx, xp, _mm512_cvtpd_ps(_mm512_mul_pd(gx, inv)), 4);
     idx = _mm512_add_pd(idx, _mm512_set1_pd(8.0));
   }
   return _mm512_reduce_add_pd(acc);

@@ -1,9 +1,19 @@
-// CPU kernel of the fused sort-and-match 1D Wasserstein distance (forward and per-element gradient).
+// CPU kernels of the fused sort-and-match 1D Wasserstein distance (forward and per-element gradient),
+// the per-position channel norms of the normalized op, and its backward.
 //
-// One pass per row pair: load and key-transform both rows, radix sort them (x carrying int32
-// positions; y carrying positions only when its gradient is wanted), then match the sorted atoms,
-// accumulate W_p^p and write d(W_p^p)/dx straight to the row's positions. The backward of the op is
-// then a single scale by the incoming gradient.
+// One pass per row pair: load both rows as order-preserving keys, sort them (a side whose gradient is
+// wanted carries int32 positions), then match the sorted atoms, accumulate W_p^p in double and write
+// d(W_p^p)/dx (and dy) straight to the row's positions; the backward of the op is then a single scale
+// by the incoming gradient. The path (simd_sort.h, PDL_EXT_CPU_PATH) decides how:
+//   avx512 / avx2: rows up to the kernels' max_row_* merge sorted with vector code, two at a time;
+//     longer ones radix sorted; vectorized key loads; a loss's rows (dx only) matched with vector code.
+//   radix: rows shorter than kGroupItems radix sorted in groups that share one histogram, longer ones
+//     one by one with the portable primitives (kPortable); scalar matching (match_row).
+//   float64 rows: sorted by their float32-rounded keys, then by value within equal keys (Sorted64),
+//     or radix sorted on 64-bit keys on the radix path.
+//   Rows from kWindowedMin items, on every path: sorted in windows of consecutive ranks, a fraction
+//     of the row each (WindowedSide), so that one long row needs little scratch.
+// Every path yields the same sorted order and per-pair arithmetic, hence the same gradient bits.
 #include "wasserstein_1d_cpu.h"
 
 #include <ATen/ATen.h>
@@ -14,6 +24,8 @@
 
 #include <algorithm>
 #include <limits>
+#include <new>
+#include <sstream>
 #include <type_traits>
 #include <vector>
 
@@ -24,6 +36,24 @@
 namespace pdl_ext {
 namespace cpu {
 namespace {
+
+// Scratch of the kernels. A failed allocation throws ScratchAllocFailed (through at::parallel_for, which
+// rethrows a worker's exception in the caller); the op's entry turns it into a torch OutOfMemoryError
+// that names the bytes asked for, the buffer and the shapes.
+struct ScratchAllocFailed {
+  size_t bytes;
+  const char* what;
+};
+
+template <typename T>
+std::vector<T> scratch(int64_t count, const char* what) {
+  const size_t items = static_cast<size_t>(std::max<int64_t>(count, 0));
+  try {
+    return std::vector<T>(items);
+  } catch (const std::bad_alloc&) {
+    throw ScratchAllocFailed{items * sizeof(T), what};
+  }
+}
 
 // Row loaders: row(r) gives a view whose operator()(i) is element i of row r in opmath precision.
 // The normalizing loader scales each element by 1 / (||f[b, :, n]|| + eps) on the fly, so the
@@ -130,24 +160,29 @@ double match_row(int64_t n, int64_t m, int p, XV xv, XP xp, YV yv, YP yp, scalar
     }
     return sum / static_cast<double>(n);
   }
+  // An atom's gradient sums its segments' len * pair_grad in double, whatever A: one atom of the
+  // shorter row spans up to max(n, m) / min(n, m) + 1 segments, and a float sum of that many terms
+  // (or a segment length rounded to float) loses the gradient when the lengths differ a lot. The
+  // vectorized matching (simd_sort.h) does the same arithmetic in the same order.
   const double total = static_cast<double>(n) * static_cast<double>(m);
-  const A inv = static_cast<A>(1.0 / total);
+  const double inv = 1.0 / total;
   MergeCursor c;
-  A gx = A(0), gy = A(0);
+  double gx = 0.0, gy = 0.0;
   while (c.i < n && c.j < m) {
     int64_t si, sj;
     const int64_t len = merge_step(c, n, m, si, sj);
     const A d = xv(si) - yv(sj);
     sum += static_cast<double>(len) * static_cast<double>(pair_cost(d, p));
-    const A g = pair_grad(d, p) * static_cast<A>(len);
+    const double g = static_cast<double>(pair_grad(d, p)) * static_cast<double>(len);
     gx += g;
     gy -= g;
     // An atom's gradient is stored after each of its segments (the last store is the total) and reset
-    // when the walk leaves it: no branch on the walk's data-dependent steps.
-    if (dx != nullptr) dx[xp(si)] = static_cast<scalar_t>(gx * inv);
-    if (dy != nullptr) dy[yp(sj)] = static_cast<scalar_t>(gy * inv);
-    gx = c.i != si ? A(0) : gx;
-    gy = c.j != sj ? A(0) : gy;
+    // when the walk leaves it: no branch on the walk's data-dependent steps. Rounded to A first, as
+    // the vector paths (float16/bfloat16 rows round float gradients).
+    if (dx != nullptr) dx[xp(si)] = static_cast<scalar_t>(static_cast<A>(gx * inv));
+    if (dy != nullptr) dy[yp(sj)] = static_cast<scalar_t>(static_cast<A>(gy * inv));
+    gx = c.i != si ? 0.0 : gx;
+    gy = c.j != sj ? 0.0 : gy;
   }
   return sum / total;
 }
@@ -160,10 +195,12 @@ void forward_rows_f64(XL xl, YL yl, int64_t rows, int64_t n, int64_t m, int p, s
   const int64_t grain = std::max<int64_t>(1, 32768 / (n + m));
   at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
     // Scratch reused by every row of this chunk.
-    std::vector<KeyPos64> xa(n), xt(n);
-    std::vector<KeyPos64> ya(dy != nullptr ? m : 0), yt(dy != nullptr ? m : 0);
-    std::vector<uint64_t> yk(dy != nullptr ? 0 : m), ykt(dy != nullptr ? 0 : m);
-    std::vector<uint32_t> hist(kHistCounters);
+    auto xa = scratch<KeyPos64>(n, "x's sort buffers"), xt = scratch<KeyPos64>(n, "x's sort buffers");
+    auto ya = scratch<KeyPos64>(dy != nullptr ? m : 0, "y's sort buffers");
+    auto yt = scratch<KeyPos64>(dy != nullptr ? m : 0, "y's sort buffers");
+    auto yk = scratch<uint64_t>(dy != nullptr ? 0 : m, "y's sort buffers");
+    auto ykt = scratch<uint64_t>(dy != nullptr ? 0 : m, "y's sort buffers");
+    auto hist = scratch<uint32_t>(kHistCounters, "radix counters");
     for (int64_t r = begin; r < end; ++r) {
       scalar_t* dxr = dx != nullptr ? dx + r * n : nullptr;
       scalar_t* dyr = dy != nullptr ? dy + r * m : nullptr;
@@ -254,9 +291,10 @@ void forward_rows_f32(XL xl, YL yl, int64_t rows, int64_t n, int64_t m, int p, s
   const PackedRows py{dy != nullptr ? bit_width(static_cast<uint64_t>(m - 1)) : 0};
   at::parallel_for(0, num_groups, 1, [&](int64_t begin, int64_t end) {
     // Scratch reused by every group of this chunk.
-    std::vector<uint64_t> xa(group * n), xt(group * n), ya(group * m), yt(group * m);
-    std::vector<uint32_t> counts(5 << 11);  // up to 32 key + 13 row bits in 11-bit digits
-    std::vector<uint8_t> has_nan(group);
+    auto xa = scratch<uint64_t>(group * n, "x's sort buffers"), xt = scratch<uint64_t>(group * n, "x's sort buffers");
+    auto ya = scratch<uint64_t>(group * m, "y's sort buffers"), yt = scratch<uint64_t>(group * m, "y's sort buffers");
+    auto counts = scratch<uint32_t>(5 << 11, "radix counters");  // up to 32 key + 13 row bits in 11-bit digits
+    auto has_nan = scratch<uint8_t>(group, "NaN flags");
     for (int64_t g = begin; g < end; ++g) {
       const int64_t r0 = g * group;
       const int64_t gr = std::min(group, rows - r0);
@@ -289,7 +327,9 @@ void forward_rows_f32(XL xl, YL yl, int64_t rows, int64_t n, int64_t m, int p, s
 // radix sort (3 passes of 11 bits over the key), which then costs less than the merge sort's
 // log2(n / block) passes.
 
-// Two row slots of one side (x or y): load keys, sort, read back values and positions.
+// One or two row slots of one side (x or y): load keys, sort, read back values and positions. Only
+// what the rows need is allocated: a second slot when two rows are merge sorted together, the
+// staging row for rows that are not float32 already, the float gradients of a half-precision loss.
 struct SimdSide {
   const SimdKernels* kern;
   bool pos;  // sort positions with the keys
@@ -302,15 +342,20 @@ struct SimdSide {
   uint64_t* s64[2] = {nullptr, nullptr};  // the sorted rows (pos) ...
   uint32_t* s32[2] = {nullptr, nullptr};  // ... or their sorted keys (!pos)
 
-  SimdSide(const SimdKernels* k, bool with_pos, int64_t len, bool narrow)
-      : kern(k), pos(with_pos), n(len), stage(len), hist(3 << 11), grad(narrow && with_pos ? len : 0) {
-    for (int k = 0; k < 2; ++k) {
+  SimdSide(const SimdKernels* k, bool with_pos, int64_t len, int slots, bool need_stage, bool need_grad)
+      : kern(k),
+        pos(with_pos),
+        n(len),
+        stage(scratch<float>(need_stage ? len : 0, "a row widened to float32")),
+        hist(scratch<uint32_t>(3 << 11, "radix counters")),
+        grad(scratch<float>(need_grad ? len : 0, "float gradients of a half-precision row")) {
+    for (int k = 0; k < slots; ++k) {
       if (pos) {
-        a64[k].resize(simd_sort_capacity(n));
-        t64[k].resize(a64[k].size());
+        a64[k] = scratch<uint64_t>(simd_sort_capacity(n), "sort buffers of (key, position) items");
+        t64[k] = scratch<uint64_t>(simd_sort_capacity(n), "sort buffers of (key, position) items");
       } else {
-        a32[k].resize(simd_sort_capacity(n));
-        t32[k].resize(a32[k].size());
+        a32[k] = scratch<uint32_t>(simd_sort_capacity(n), "sort buffers of keys");
+        t32[k] = scratch<uint32_t>(simd_sort_capacity(n), "sort buffers of keys");
       }
     }
   }
@@ -381,11 +426,20 @@ void forward_rows_f32_rowwise(const SimdKernels* kern, XL xl, YL yl, int64_t row
                            scalar_t* dx, scalar_t* dy) {
   using A = float;
   const int64_t grain = std::max<int64_t>(2, 16384 / (n + m));
+  // Two rows at a time when both sides merge sort them together (short rows); else one, and one
+  // slot of scratch per side (long rows are radix sorted one by one anyway).
+  const bool pairs = n <= (dx != nullptr ? kern->max_row_u64 : kern->max_row_u32) &&
+                     m <= (dy != nullptr ? kern->max_row_u64 : kern->max_row_u32);
   at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
     constexpr bool narrow = !std::is_same_v<scalar_t, float>;  // float16 / bfloat16 rows
-    SimdSide sx(kern, dx != nullptr, n, narrow), sy(kern, dy != nullptr, m, narrow);  // scratch reused by every row of this chunk
-    for (int64_t r0 = begin; r0 < end; r0 += 2) {
-      const int count = static_cast<int>(std::min<int64_t>(2, end - r0));
+    constexpr bool stage_x = !std::is_same_v<decltype(xl.row(0)), PlainRows<float>::Row>;
+    constexpr bool stage_y = !std::is_same_v<decltype(yl.row(0)), PlainRows<float>::Row>;
+    const int slots = pairs && end - begin >= 2 ? 2 : 1;
+    // Scratch reused by every row of this chunk.
+    SimdSide sx(kern, dx != nullptr, n, slots, stage_x, narrow && dx != nullptr && dy == nullptr);
+    SimdSide sy(kern, dy != nullptr, m, slots, stage_y, false);
+    for (int64_t r0 = begin; r0 < end; r0 += slots) {
+      const int count = static_cast<int>(std::min<int64_t>(slots, end - r0));
       bool ok_x[2] = {false, false}, ok_y[2] = {false, false}, ok[2];
       for (int k = 0; k < count; ++k) {
         ok_x[k] = sx.load(k, xl.row(r0 + k));
@@ -443,7 +497,11 @@ struct Sorted64 {
   SimdSide side;              // sorts narrow's keys with positions, as the float32 path
   uint64_t* s = nullptr;      // the sorted items
 
-  Sorted64(const SimdKernels* k, int64_t len) : n(len), vals(len), narrow(len), side(k, true, len, false) {}
+  Sorted64(const SimdKernels* k, int64_t len)
+      : n(len),
+        vals(scratch<double>(len, "a float64 row")),
+        narrow(scratch<float>(len, "a float64 row rounded to float32")),
+        side(k, true, len, 1, false, false) {}
 
   // Loads and sorts a row; false when it holds a NaN (a float64 NaN rounds to a float32 NaN).
   template <typename RowView>
@@ -510,6 +568,249 @@ void forward_rows_f64_simd(const SimdKernels* kern, XL xl, YL yl, int64_t rows, 
   });
 }
 
+// Long rows (either side at least kWindowedMin items) are sorted in windows: runs of consecutive
+// ranks of at most `cap` items (1/8 of the row, at least kWindowMinItems), each gathered from the row
+// by its range of keys and radix sorted on its own, one at a time, while the matching (match_row)
+// reads the atoms in rank order. The windows come from a histogram of the keys' top 16 bits, refined
+// by the next 16 bits where one bucket holds more than cap items; more than cap equal keys are split
+// by position, which is their order. A side then holds one window, not sorted copies of the row:
+// scratch 2 B per float32 item of a side with positions, 1 B without (vs 16 and 8 B per item), for
+// one more read of the row per window. The path depends on the row lengths only, so a row gives the
+// same bits whatever batch it sits in and whatever the thread count.
+constexpr int64_t kWindowedMin = int64_t(1) << 22;
+constexpr int64_t kWindowFraction = 8;
+constexpr int64_t kWindowMinItems = int64_t(1) << 16;
+constexpr int kDigitBits = 16;
+constexpr int64_t kDigits = int64_t(1) << kDigitBits;
+
+bool use_windows(int64_t n, int64_t m) { return std::max(n, m) >= kWindowedMin; }
+
+// One side's sorted windows. A: float or double (the keys of KeyTraits<A>); kPos: items carry positions.
+template <typename A, bool kPos>
+struct WindowedSide {
+  using KT = KeyTraits<A>;
+  using Key = typename KT::Key;
+  static constexpr bool kF32 = std::is_same_v<A, float>;
+  // float: one word per item (key << 32 | position, or the key); double: (key, position) or the key.
+  using Item = std::conditional_t<kF32, std::conditional_t<kPos, uint64_t, uint32_t>,
+                                  std::conditional_t<kPos, KeyPos64, uint64_t>>;
+  struct Window {
+    Key lo, hi;           // the keys it holds, inclusive
+    int64_t skip, count;  // count items; a piece of a run of one key (split) skips `skip` of them
+    bool split;
+  };
+
+  int64_t n = 0, cap = 0;
+  std::vector<Window> windows;
+  std::vector<Item> a, t;                   // the window's items and radix scratch (cap + 1)
+  static constexpr int kLevels = KT::kBits / kDigitBits;  // the last one (shift 0) counts whole keys
+  std::vector<uint32_t> hist[kLevels];      // per refinement level; hist[0] also radix counters
+  const Item* s = nullptr;                  // the sorted window: ranks [begin, end)
+  size_t next = 0;
+  int64_t begin = 0, end = 0;
+
+  static Key key_of(const Item& it) {
+    if constexpr (kF32 && kPos) {
+      return static_cast<Key>(it >> 32);
+    } else if constexpr (kPos) {
+      return it.key;
+    } else {
+      return it;
+    }
+  }
+  static int32_t pos_of(const Item& it) {
+    if constexpr (kF32 && kPos) {
+      return static_cast<int32_t>(static_cast<uint32_t>(it));
+    } else if constexpr (kPos) {
+      return it.pos;
+    } else {
+      return 0;
+    }
+  }
+  static Item make(Key k, int64_t i) {
+    if constexpr (kF32 && kPos) {
+      return (static_cast<uint64_t>(k) << 32) | static_cast<uint64_t>(i);
+    } else if constexpr (kPos) {
+      return KeyPos64{k, static_cast<int32_t>(i)};
+    } else {
+      return k;
+    }
+  }
+
+  // Plans the windows of a row of len items; false when it holds a NaN.
+  template <typename RowView>
+  bool plan(RowView row, int64_t len) {
+    const int64_t want = std::min(len, std::max(kWindowMinItems, (len + kWindowFraction - 1) / kWindowFraction));
+    if (static_cast<int64_t>(a.size()) < want + 1) {  // reused by the chunk's next rows (same length)
+      a = std::vector<Item>();
+      t = std::vector<Item>();
+      a = scratch<Item>(want + 1, "sort buffers of one window of a long row");
+      t = scratch<Item>(want + 1, "sort buffers of one window of a long row");
+    }
+    n = len;
+    cap = want;
+    windows.clear();
+    next = 0;
+    begin = end = 0;
+    uint32_t* h = level_hist(0);
+    bool nan = false;
+    for (int64_t i = 0; i < n; ++i) {
+      const A v = row(i);
+      nan |= (v != v);
+      ++h[KT::to_key(v) >> (KT::kBits - kDigitBits)];
+    }
+    if (nan) return false;
+    pack(row, Key(0), KT::kBits - kDigitBits, 0);
+    return true;
+  }
+
+  uint32_t* level_hist(int level) {
+    if (hist[level].empty()) hist[level] = scratch<uint32_t>(kDigits, "key histograms");
+    std::fill(hist[level].begin(), hist[level].end(), 0u);
+    return hist[level].data();
+  }
+
+  // Turns the histogram of `level` (keys whose bits above shift + 16 are `prefix`, counted by their
+  // 16 bits from `shift`) into windows, in key order.
+  template <typename RowView>
+  void pack(RowView row, Key prefix, int shift, int level) {
+    const uint32_t* h = hist[level].data();
+    const Key base = shift + kDigitBits >= KT::kBits ? Key(0) : static_cast<Key>(prefix << (shift + kDigitBits));
+    const Key low = shift == 0 ? Key(0) : static_cast<Key>((Key(1) << shift) - 1);
+    int64_t acc = 0, b0 = 0, b1 = 0;
+    const auto flush = [&] {
+      if (acc > 0) {
+        windows.push_back({static_cast<Key>(base | (Key(b0) << shift)), static_cast<Key>(base | (Key(b1) << shift) | low), 0,
+                           acc, false});
+      }
+      acc = 0;
+    };
+    for (int64_t b = 0; b < kDigits; ++b) {
+      const int64_t c = h[b];
+      if (c == 0) continue;
+      if (c > cap) {  // one bucket over a window: its keys' next digit, or split by position
+        flush();
+        const Key top = static_cast<Key>((prefix << kDigitBits) | Key(b));
+        if (level + 1 >= kLevels) {  // shift 0: c equal keys
+          for (int64_t k = 0; k < c; k += cap) windows.push_back({top, top, k, std::min(cap, c - k), true});
+        } else {
+          uint32_t* sub = level_hist(level + 1);
+          const int sub_shift = shift - kDigitBits;
+          for (int64_t i = 0; i < n; ++i) {
+            const Key k = KT::to_key(row(i));
+            if ((k >> shift) == top) ++sub[(k >> sub_shift) & Key(kDigits - 1)];
+          }
+          pack(row, top, sub_shift, level + 1);
+        }
+        continue;
+      }
+      if (acc + c > cap) flush();
+      if (acc == 0) b0 = b;
+      b1 = b;
+      acc += c;
+    }
+    flush();
+  }
+
+  // Gathers and sorts the next window.
+  template <typename RowView>
+  void load_next(RowView row) {
+    TORCH_INTERNAL_ASSERT(next < windows.size(), "wasserstein_1d: read past the last window");
+    const Window w = windows[next++];
+    Item* out = a.data();
+    int64_t count = 0;
+    if (!w.split) {
+      const Key span = static_cast<Key>(w.hi - w.lo);
+      for (int64_t i = 0; i < n; ++i) {  // branch-free: out has room for one item more
+        const Key k = KT::to_key(row(i));
+        out[count] = make(k, i);
+        count += static_cast<Key>(k - w.lo) <= span ? 1 : 0;
+      }
+    } else {  // a piece of a run of one key: its items in position order, already sorted
+      int64_t seen = 0;
+      for (int64_t i = 0; i < n && count < w.count; ++i) {
+        const Key k = KT::to_key(row(i));
+        if (k != w.lo) continue;
+        if (seen++ >= w.skip) out[count++] = make(k, i);
+      }
+    }
+    TORCH_INTERNAL_ASSERT(count == w.count, "wasserstein_1d: a window gathered ", count, " items, planned ", w.count);
+    if (w.lo == w.hi) {
+      s = out;
+    } else if constexpr (kF32) {
+      s = radix_sort<32, 11>(out, t.data(), count, [](Item v) { return key_of(v); }, hist[0].data());
+    } else {
+      auto less = [](const Item& u, const Item& v) {
+        return key_of(u) < key_of(v) || (key_of(u) == key_of(v) && pos_of(u) < pos_of(v));
+      };
+      s = RowSort64::sort(out, t.data(), count, [](const Item& v) { return key_of(v); }, less, hist[0].data());
+    }
+    begin = end;
+    end = begin + count;
+  }
+
+  template <typename RowView>
+  void ensure(int64_t i, RowView row) {
+    while (i >= end) load_next(row);
+  }
+  A value(int64_t i) const { return KT::from_key(key_of(s[i - begin])); }
+  int32_t position(int64_t i) const { return pos_of(s[i - begin]); }
+};
+
+template <typename scalar_t, typename XL, typename YL>
+void forward_rows_windowed(XL xl, YL yl, int64_t rows, int64_t n, int64_t m, int p, scalar_t* loss, scalar_t* dx,
+                           scalar_t* dy) {
+  using A = at::opmath_type<scalar_t>;
+  at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
+    const auto run = [&](auto& sx, auto& sy) {
+      for (int64_t r = begin; r < end; ++r) {
+        const auto xr = xl.row(r);
+        const auto yr = yl.row(r);
+        scalar_t* dxr = dx != nullptr ? dx + r * n : nullptr;
+        scalar_t* dyr = dy != nullptr ? dy + r * m : nullptr;
+        if (!sx.plan(xr, n) || !sy.plan(yr, m)) {
+          write_nan_row(r, n, m, loss, dxr, dyr);
+          continue;
+        }
+        loss[r] = static_cast<scalar_t>(match_row<A>(
+            n, m, p,
+            [&](int64_t i) {
+              sx.ensure(i, xr);
+              return sx.value(i);
+            },
+            [&](int64_t i) {
+              sx.ensure(i, xr);
+              return sx.position(i);
+            },
+            [&](int64_t j) {
+              sy.ensure(j, yr);
+              return sy.value(j);
+            },
+            [&](int64_t j) {
+              sy.ensure(j, yr);
+              return sy.position(j);
+            },
+            dxr, dyr));
+      }
+    };
+    if (dx != nullptr && dy != nullptr) {
+      WindowedSide<A, true> sx, sy;
+      run(sx, sy);
+    } else if (dx != nullptr) {
+      WindowedSide<A, true> sx;
+      WindowedSide<A, false> sy;
+      run(sx, sy);
+    } else if (dy != nullptr) {
+      WindowedSide<A, false> sx;
+      WindowedSide<A, true> sy;
+      run(sx, sy);
+    } else {
+      WindowedSide<A, false> sx, sy;
+      run(sx, sy);
+    }
+  });
+}
+
 // Runs the float32 (grouped) or float64 (per-row) forward on the given row loaders.
 // Without a vectorized set, long float32 rows still take the per-row path of forward_rows_f32_rowwise
 // (their grouped radix sort holds one row anyway), with these portable primitives: no merge sort
@@ -553,7 +854,9 @@ template <typename scalar_t, typename XL, typename YL>
 void forward_rows(XL xl, YL yl, int64_t rows, int64_t n, int64_t m, int p, scalar_t* loss, scalar_t* dx,
                   scalar_t* dy) {
   const SimdKernels* kern = simd_kernels();  // nullptr: the portable radix path
-  if constexpr (std::is_same_v<at::opmath_type<scalar_t>, double>) {
+  if (use_windows(n, m)) {
+    forward_rows_windowed<scalar_t>(xl, yl, rows, n, m, p, loss, dx, dy);
+  } else if constexpr (std::is_same_v<at::opmath_type<scalar_t>, double>) {
     if (kern != nullptr) {
       forward_rows_f64_simd<scalar_t>(kern, xl, yl, rows, n, m, p, loss, dx, dy);
     } else {
@@ -570,17 +873,43 @@ void forward_rows(XL xl, YL yl, int64_t rows, int64_t n, int64_t m, int p, scala
 
 }  // namespace
 
+namespace {
+
+// Runs a kernel body; a failed scratch allocation becomes a torch OutOfMemoryError (RuntimeError
+// subclass) naming the bytes, the buffer and the shapes, instead of a bare std::bad_alloc.
+template <typename Body>
+void with_scratch_errors(const char* op, const ForwardPlan& f, Body body) {
+  const auto shapes = [&] {
+    std::ostringstream s;
+    s << "x rows " << f.rows << " x " << f.n << ", y rows " << f.rows << " x " << f.m << ", "
+      << f.x.scalar_type();
+    return s.str();
+  };
+  try {
+    body();
+  } catch (const ScratchAllocFailed& e) {
+    TORCH_CHECK_WITH(OutOfMemoryError, false, op, ": out of memory: could not allocate ", e.bytes,
+                     " bytes of CPU scratch (", e.what, ") for ", shapes());
+  } catch (const std::bad_alloc&) {
+    TORCH_CHECK_WITH(OutOfMemoryError, false, op, ": out of memory in the CPU kernel for ", shapes());
+  }
+}
+
+}  // namespace
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> wasserstein_1d_fwd_cpu(const at::Tensor& x,
                                                                       const at::Tensor& y, int64_t p,
                                                                       bool grad_x, bool grad_y) {
   const ForwardPlan f = plan_forward(x, y, p, grad_x, grad_y, /*normalized=*/false);
   if (f.rows > 0) {
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "wasserstein_1d_fwd_cpu", [&] {
-      forward_rows<scalar_t>(PlainRows<scalar_t>{f.x.const_data_ptr<scalar_t>(), f.n},
-                             PlainRows<scalar_t>{f.y.const_data_ptr<scalar_t>(), f.m}, f.rows, f.n, f.m,
-                             static_cast<int>(p), f.loss.mutable_data_ptr<scalar_t>(),
-                             grad_x ? f.dx.mutable_data_ptr<scalar_t>() : nullptr,
-                             grad_y ? f.dy.mutable_data_ptr<scalar_t>() : nullptr);
+    with_scratch_errors("wasserstein_1d", f, [&] {
+      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "wasserstein_1d_fwd_cpu", [&] {
+        forward_rows<scalar_t>(PlainRows<scalar_t>{f.x.const_data_ptr<scalar_t>(), f.n},
+                               PlainRows<scalar_t>{f.y.const_data_ptr<scalar_t>(), f.m}, f.rows, f.n, f.m,
+                               static_cast<int>(p), f.loss.mutable_data_ptr<scalar_t>(),
+                               grad_x ? f.dx.mutable_data_ptr<scalar_t>() : nullptr,
+                               grad_y ? f.dy.mutable_data_ptr<scalar_t>() : nullptr);
+      });
     });
   }
   return {f.loss, f.dx, f.dy};
@@ -590,16 +919,60 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> normalize
     const at::Tensor& x, const at::Tensor& y, int64_t p, bool grad_x, bool grad_y) {
   const ForwardPlan f = plan_forward(x, y, p, grad_x, grad_y, /*normalized=*/true);
   if (f.rows > 0) {
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "normalized_wasserstein_1d_fwd_cpu", [&] {
-      using A = at::opmath_type<scalar_t>;
-      forward_rows<scalar_t>(
-          NormalizedRows<scalar_t>{f.x.const_data_ptr<scalar_t>(), f.inv_x.const_data_ptr<A>(), f.n, f.channels},
-          NormalizedRows<scalar_t>{f.y.const_data_ptr<scalar_t>(), f.inv_y.const_data_ptr<A>(), f.m, f.channels},
-          f.rows, f.n, f.m, static_cast<int>(p), f.loss.mutable_data_ptr<scalar_t>(),
-          grad_x ? f.dx.mutable_data_ptr<scalar_t>() : nullptr, grad_y ? f.dy.mutable_data_ptr<scalar_t>() : nullptr);
+    with_scratch_errors("normalized_wasserstein_1d", f, [&] {
+      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "normalized_wasserstein_1d_fwd_cpu", [&] {
+        using A = at::opmath_type<scalar_t>;
+        forward_rows<scalar_t>(
+            NormalizedRows<scalar_t>{f.x.const_data_ptr<scalar_t>(), f.inv_x.const_data_ptr<A>(), f.n, f.channels},
+            NormalizedRows<scalar_t>{f.y.const_data_ptr<scalar_t>(), f.inv_y.const_data_ptr<A>(), f.m, f.channels},
+            f.rows, f.n, f.m, static_cast<int>(p), f.loss.mutable_data_ptr<scalar_t>(),
+            grad_x ? f.dx.mutable_data_ptr<scalar_t>() : nullptr, grad_y ? f.dy.mutable_data_ptr<scalar_t>() : nullptr);
+      });
     });
   }
   return {f.loss, f.dx, f.dy, f.norm_x, f.norm_y};
+}
+
+at::Tensor channel_norm_cpu(const at::Tensor& x) {
+  TORCH_CHECK(x.dim() == 3 && x.is_contiguous() && x.device().is_cpu() && at::isFloatingType(x.scalar_type()),
+              "channel_norm_cpu: x must be contiguous CPU float features (B, C, N), got ", x.sizes(), " ",
+              x.scalar_type(), " on ", x.device());
+  const int64_t batch = x.size(0), channels = x.size(1), n = x.size(2);
+  at::Tensor out = at::empty({batch, n}, x.options().dtype(at::toOpMathType(x.scalar_type())));
+  if (out.numel() == 0) return out;
+  // A task is a block of kBlock positions of one sample: the channels in the outer loop, each a
+  // contiguous run of the block's positions, summed into kBlock double accumulators.
+  constexpr int64_t kBlock = 256;
+  const int64_t blocks = (n + kBlock - 1) / kBlock;
+  const int64_t grain = std::max<int64_t>(1, 32768 / (kBlock * std::max<int64_t>(channels, 1)));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "channel_norm_cpu", [&] {
+    using A = at::opmath_type<scalar_t>;
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    A* op = out.mutable_data_ptr<A>();
+    at::parallel_for(0, batch * blocks, grain, [&](int64_t begin, int64_t end) {
+      double acc[kBlock];
+      for (int64_t t = begin; t < end; ++t) {
+        const int64_t b = t / blocks;
+        const int64_t n0 = (t % blocks) * kBlock;
+        const int64_t len = std::min(kBlock, n - n0);
+        std::fill(acc, acc + len, 0.0);
+        const scalar_t* src = xp + b * channels * n + n0;
+        for (int64_t c = 0; c < channels; ++c, src += n) {
+          for (int64_t i = 0; i < len; ++i) {
+            const double v = static_cast<double>(static_cast<A>(src[i]));
+            acc[i] += v * v;
+          }
+        }
+        // A non-finite sum (an inf or NaN feature, or float64 squares beyond the double range) gives a
+        // NaN norm: every normalized feature at that position is NaN (normalized_wasserstein_1d's rule).
+        A* dst = op + b * n + n0;
+        for (int64_t i = 0; i < len; ++i) {
+          dst[i] = std::isfinite(acc[i]) ? static_cast<A>(std::sqrt(acc[i])) : std::numeric_limits<A>::quiet_NaN();
+        }
+      }
+    });
+  });
+  return out;
 }
 
 at::Tensor normalized_wasserstein_1d_bwd_cpu(const at::Tensor& grad, const at::Tensor& g, const at::Tensor& f,
@@ -618,7 +991,7 @@ at::Tensor normalized_wasserstein_1d_bwd_cpu(const at::Tensor& grad, const at::T
     const A* wp = b.grad.const_data_ptr<A>();
     scalar_t* op = out.mutable_data_ptr<scalar_t>();
     at::parallel_for(0, batch * chunks, 1, [&](int64_t begin, int64_t end) {
-      std::vector<A> s(kChunk);
+      auto s = scratch<A>(kChunk, "channel sums");
       for (int64_t t = begin; t < end; ++t) {
         const int64_t b = t / chunks;
         const int64_t n0 = (t % chunks) * kChunk;
