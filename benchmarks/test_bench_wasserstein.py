@@ -34,10 +34,10 @@ def expected_values(rows: int, n: int) -> torch.Tensor:
 def test_wasserstein_1d(benchmark, monkeypatch, shape: Tuple[int, int], impl: str, mode: str) -> None:
     if impl == "pot":
         pytest.importorskip("ot", reason="POT is not installed")
-    if impl.startswith("fused-"):  # a CPU path below the best one: PDL_EXT_CPU_SORT caps the choice
+    if impl.startswith("fused-"):  # a CPU path below the best one: PDL_EXT_CPU_PATH caps the choice
         path = impl.split("-", 1)[1]
-        monkeypatch.setenv("PDL_EXT_CPU_SORT", path)
-        if extension_info().get("cpu_sort") != path:
+        monkeypatch.setenv("PDL_EXT_CPU_PATH", path)
+        if extension_info().get("cpu_path") != path:
             pytest.skip(f"the {path} CPU path does not run here")
     rows, n = shape
     fn = IMPLEMENTATIONS[impl.split("-")[0]][1]

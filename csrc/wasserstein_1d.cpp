@@ -83,10 +83,10 @@ namespace {
 // feature of the position NaN: all rows of the sample, values and gradients (the op's rule).
 at::Tensor channel_norm(const at::Tensor& x) {
   if (x.device().is_cpu()) return cpu::channel_norm_cpu(x);
-#if defined(WITH_CUDA) && defined(PDL_EXT_HAVE_CUDA_CHANNEL_NORM)
+#ifdef WITH_CUDA
   if (x.device().is_cuda()) return cuda::channel_norm_cuda(x);
 #endif
-  // Other devices (CUDA until its kernel is built in): a float64 reduction, through a float64 copy.
+  // Other devices: a float64 reduction, through a float64 copy.
   const at::Tensor norm = at::linalg_vector_norm(x, 2, {1}, false, at::kDouble);
   return norm.masked_fill(norm.isfinite().logical_not(), std::numeric_limits<double>::quiet_NaN())
       .to(at::toOpMathType(x.scalar_type()));

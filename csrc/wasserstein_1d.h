@@ -43,8 +43,7 @@ NormalizedBackwardPlan plan_normalized_backward(const at::Tensor& grad, const at
 namespace cuda {
 // ||x[b, :, n]||_2 over the channels of contiguous (B, C, N) CUDA features of any float dtype: (B, N) in
 // at::toOpMathType(x.scalar_type()), the squares summed in double, NaN where that double sum is not
-// finite (the contract of the CPU kernel cpu::channel_norm_cpu). plan_forward calls it when
-// PDL_EXT_HAVE_CUDA_CHANNEL_NORM is defined.
+// finite (the contract of the CPU kernel cpu::channel_norm_cpu); csrc/cuda/channel_norm.cu.
 at::Tensor channel_norm_cuda(const at::Tensor& x);
 }  // namespace cuda
 #endif

@@ -13,15 +13,18 @@ NORM_EPS = 1e-10  # as LPIPS and the kernels
 
 
 def channel_inv_norm(f: torch.Tensor) -> torch.Tensor:
-    """1 / (||f||_2 over dim 1 + 1e-10), keeping dim 1; 0 (and no gradient) at all-zero positions.
+    """1 / (||f||_2 over dim 1 + 1e-10), keeping dim 1; 0 (and no gradient) at all-zero positions,
+    NaN where the float64 sum of squares is not finite (an inf or NaN feature).
 
     The normalization of the "channel" and sliced projections, which project before the op and so
     cannot use the op's fused one; its rule for zero and non-finite norms is the kernels'.
     """
     s = f.double().pow(2).sum(1, keepdim=True)  # float64: float32 squares overflow above ~1.8e19
-    nonzero = s != 0  # a NaN norm stays NaN
-    r = torch.where(nonzero, s, torch.ones_like(s)).sqrt()  # no inf * 0 in the backward at s = 0
-    return torch.where(nonzero, 1.0 / (r.to(f.dtype) + NORM_EPS), torch.zeros_like(s, dtype=f.dtype))
+    finite = torch.isfinite(s)
+    nonzero = s != 0
+    r = torch.where(nonzero & finite, s, torch.ones_like(s)).sqrt()  # no inf * 0 in the backward at s = 0
+    inv = torch.where(nonzero, 1.0 / (r.to(f.dtype) + NORM_EPS), torch.zeros_like(s, dtype=f.dtype))
+    return torch.where(finite, inv, torch.full_like(inv, float("nan")))
 
 
 def random_directions(num: int, channels: int, seed: int = 0, device=None, dtype=torch.float32) -> torch.Tensor:

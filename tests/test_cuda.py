@@ -6,8 +6,8 @@ determinism) run on ``cuda`` through the ``device`` fixture of tests/conftest.py
 test_wasserstein_1d.py, test_normalized_wasserstein.py and test_properties.py. The GPU tests here skip
 without a GPU or without a CUDA build of pdl_ext._C (CI compiles and links the CUDA kernels in
 .ci/build_cuda.sh; `.ci/gpu_check.sh` runs them on a GPU machine). The first test runs everywhere: it
-checks the shared math the unequal-size CUDA path uses (merge_atom in csrc/wasserstein_math.h)
-against the CPU kernel.
+checks the unequal-size CUDA path's per-atom math (merge_atom_f64 in csrc/cuda/device_math.h, compiled
+for the host) against the CPU kernel, bit for bit.
 """
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ def fwd(x, y, p, grad_x=True, grad_y=True):
 # The shared math of the unequal-size CUDA path, on the host
 
 _MERGE_ATOM_MAIN = r"""
-#include "wasserstein_math.h"
+#include "cuda/device_math.h"
 #include <cstdio>
 #include <cstdlib>
 #include <vector>
@@ -49,19 +49,19 @@ template <typename A> int run(long n, long m, int p) {
   for (auto& v : x) { if (std::scanf("%63s", buf) != 1) return 1; v = static_cast<A>(std::strtod(buf, nullptr)); }
   for (auto& v : y) { if (std::scanf("%63s", buf) != 1) return 1; v = static_cast<A>(std::strtod(buf, nullptr)); }
   const double total = static_cast<double>(n) * static_cast<double>(m);
-  const A inv = static_cast<A>(1.0 / total);
-  A cost_x = A(0), cost_y = A(0);
+  const double inv = 1.0 / total;  // the CUDA kernels' scale: double, rounded once to the dtype
+  double cost_x = 0.0, cost_y = 0.0;
   for (long i = 0; i < n; ++i) {
-    A c = A(0);
-    const A g = pdl_ext::merge_atom<true>(i, x[i], n, m, p, [&](int64_t j) { return y[j]; }, c);
+    double c = 0.0;
+    const double g = pdl_ext::merge_atom_f64<true>(i, x[i], n, m, p, [&](int64_t j) { return y[j]; }, c);
     cost_x += c;
-    std::printf("%a\n", static_cast<double>(g * inv));
+    std::printf("%a\n", static_cast<double>(static_cast<A>(g * inv)));
   }
   for (long j = 0; j < m; ++j) {
-    A c = A(0);
-    const A g = pdl_ext::merge_atom<false>(j, y[j], m, n, p, [&](int64_t i) { return x[i]; }, c);
+    double c = 0.0;
+    const double g = pdl_ext::merge_atom_f64<false>(j, y[j], m, n, p, [&](int64_t i) { return x[i]; }, c);
     cost_y += c;
-    std::printf("%a\n", static_cast<double>(g * inv));
+    std::printf("%a\n", static_cast<double>(static_cast<A>(g * inv)));
   }
   std::printf("%a\n%a\n", static_cast<double>(cost_x) / total, static_cast<double>(cost_y) / total);
   return 0;
@@ -95,7 +95,7 @@ def merge_atom_exe(tmp_path_factory):
 @pytest.mark.parametrize("p", [1, 2])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_merge_atom_matches_cpu_walk(merge_atom_exe, n, m, p, dtype):
-    # Sorted rows with ties: positions are ranks, so the CPU kernel's gradients are merge_atom's, bitwise.
+    # Sorted rows with ties: positions are ranks, so the CPU kernel's gradients are merge_atom_f64's, bitwise.
     g = torch.Generator().manual_seed(7 * n + m)
     x = torch.sort((torch.randint(-4, 5, (n,), generator=g) / 4 + torch.randn(n, generator=g) * (torch.rand(n, generator=g) < 0.5)).to(dtype)).values
     y = torch.sort((torch.randint(-4, 5, (m,), generator=g) / 4 + torch.randn(m, generator=g) * 0.3).to(dtype)).values

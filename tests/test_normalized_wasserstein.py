@@ -245,3 +245,18 @@ def test_normalized_op_errors():
         ops.normalized_wasserstein_1d(torch.rand(2, 3), torch.rand(2, 3))
     with pytest.raises(ValueError, match="same leading shape"):
         ops.normalized_wasserstein_1d(torch.rand(2, 3, 5), torch.rand(2, 4, 5))
+
+
+@pytest.mark.parametrize("projection", ["channel", 3])
+def test_projected_normalization_follows_the_ops_non_finite_rule(projection):
+    # The channel and sliced projections normalize in Python: an inf feature makes its position NaN,
+    # as the fused op and the reference do, in value and in gradient.
+    from pdl_ext import reference
+    from pdl_ext.projection import channel_inv_norm
+
+    f = torch.rand(2, 4, 5, 5, dtype=torch.float64)
+    f[0, 1, 2, 3] = float("inf")
+    torch.testing.assert_close(channel_inv_norm(f), reference.channel_inv_norm(f), equal_nan=True)
+    fx = f.clone().requires_grad_(True)
+    d = pdl_ext.projected_distance(fx, torch.rand(2, 4, 5, 5, dtype=torch.float64), projection=projection, normalize=True)
+    assert d[0].isnan().any() and d[1].isfinite().all()

@@ -19,6 +19,8 @@
 #include <cstdint>
 #include <limits>
 
+#include <math_constants.h>
+
 #include "../wasserstein_math.h"
 #include "device_math.h"
 
@@ -72,14 +74,15 @@ __global__ void __launch_bounds__(kMaxThreads)
       const scalar_t* p = x + (b * channels + c0) * n + i;
       for (int64_t c = c0; c < c1; ++c, p += n) {
         const double v = static_cast<double>(static_cast<A>(*p));
-        s += v * v;
+        s = __dadd_rn(s, __dmul_rn(v, v));  // no contraction: the CPU kernel's rounding
       }
     }
     part[ty * positions + tx] = s;
     __syncthreads();
     if (ty == 0 && i < n) {
-      for (int k = 1; k < groups; ++k) s += part[k * positions + tx];
-      out[b * n + i] = static_cast<A>(sqrt(s));
+      for (int k = 1; k < groups; ++k) s = __dadd_rn(s, part[k * positions + tx]);
+      // A sum that is not finite (an inf or NaN feature) makes the norm NaN: the op's rule, as on the CPU.
+      out[b * n + i] = isfinite(s) ? static_cast<A>(sqrt(s)) : static_cast<A>(CUDART_NAN);
     }
     __syncthreads();  // part is reused by the next tile
   }

@@ -108,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
               f"torch threads {info['torch_threads']}, {info['platform']}")
         print(f"torch {info['torch']}, python {info['python']}; pdl_ext {ext.get('version')}: "
               f"compiled={ext.get('compiled')} cuda={ext.get('cuda')} openmp={ext.get('openmp')} "
-              f"cpu_sort={ext.get('cpu_sort')}")
+              f"cpu_path={ext.get('cpu_path')}")
         notes: List[str] = []
         impls = []
         for impl in args.impls:
