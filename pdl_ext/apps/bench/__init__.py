@@ -27,12 +27,12 @@ import argparse
 import json
 import re
 from pathlib import Path
-from typing import Callable, List, Sequence
+from typing import Any, Callable, Dict, List, Sequence
 
 import torch
 
 
-from .cases import (BASE, DEFAULT_IMPLS, FULL_SHAPES, IMPLEMENTATIONS, QUICK_SHAPES, SPEEDUP_TARGETS, VARIANTS,
+from .cases import (BASE, DEFAULT_IMPLS, FULL_SHAPES, IMPLEMENTATIONS, MEMORY_SHAPES, QUICK_SHAPES, SPEEDUP_TARGETS, VARIANTS,
                     Shape, Variant, machine_info, make_inputs, pure_torch_wasserstein_1d, run_pdl, run_table, step,
                     time_rounds, unavailable_reason)
 from .cases import MEMORY_METHOD, _log
@@ -130,17 +130,22 @@ def run(args: argparse.Namespace) -> int:
             # --quick measures the memory targets only: one worker step costs as much as a timed one.
             measured = [r for r in records if not args.quick or r["variant"] == BASE.name]
             attach_memory(measured, torch.get_num_threads(), notes)
+        memory_only: List[Dict[str, Any]] = []
+        if not args.no_memory and not args.quick and "fused" in impls:
+            memory_only = [{"impl": "fused", "rows": r, "n": n, "m": n, "dtype": "float32", "p": 1,
+                            "variant": BASE.name} for r, n in MEMORY_SHAPES]
+            attach_memory(memory_only, torch.get_num_threads(), notes)
         pdl = None
         if not args.no_pdl:
             batch, size = (1, 32) if args.quick else (2, 128)
             _log(f"  PDLLoss vgg16 batch {batch} of {size}x{size} ...")
             pdl = run_pdl(batch, size, args.warmup, min(repeats, 2) if args.quick else repeats)
-        print_report(records, pdl, notes, settings)
+        print_report(records, pdl, notes, settings, memory_only)
 
         json_path = args.json or args.out / "bench.json"
         plot_path = args.plot or args.out / "bench.png"
         json_path.parent.mkdir(parents=True, exist_ok=True)
-        result = {"machine": info, "settings": settings, "memory_method": MEMORY_METHOD, "results": records,
+        result = {"machine": info, "settings": settings, "memory_method": MEMORY_METHOD, "results": records, "memory_only": memory_only,
                   "pdl": pdl, "notes": notes}
         json_path.write_text(json.dumps(result, indent=2) + "\n")
         print(f"\nwrote {json_path}")

@@ -41,7 +41,7 @@ def _check(ok: Optional[bool]) -> str:
 
 
 def print_report(records: List[Dict[str, Any]], pdl: Optional[Dict[str, Any]],
-                 notes: List[str], settings: Dict[str, Any]) -> None:
+                 notes: List[str], settings: Dict[str, Any], memory_only: Sequence[Dict[str, Any]] = ()) -> None:
     base = [r for r in records if r["variant"] == BASE.name]
     rows = []
     for r in base:
@@ -73,6 +73,15 @@ def print_report(records: List[Dict[str, Any]], pdl: Optional[Dict[str, Any]],
     if rows:
         _print_table("fused variants: time / fused float32 p=1 of the same shape",
                      ["rows x N", "variant", "ms", "Melem/s", "ratio", "target", "peak B/el"], rows)
+    rows = []
+    for r in memory_only:
+        mem = r.get("peak_extra_bytes_per_elem")
+        ok = None if mem is None else mem <= r["target_bytes_per_elem"]
+        rows.append([f"{r['rows']}x{r['n']}", r["impl"], _fmt(mem, ".1f") + (" " + _check(ok) if ok is not None else ""),
+                     _fmt(r.get("alloc_peak_bytes_per_elem"), ".1f")])
+    if rows:
+        _print_table("peak memory only (not timed), forward+backward, float32, p=1",
+                     ["rows x N", "impl", "peak B/el", "alloc B/el"], rows)
     print("\nMelem/s = rows*N / median time; peak B/el: " + MEMORY_METHOD)
     if pdl is not None:
         print("\nPDLLoss (VGG16, random weights), forward+backward:")
