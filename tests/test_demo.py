@@ -95,8 +95,10 @@ def _cli(argv):
 def test_cli_reports_bad_specs_and_missing_weights(tmp_path):
     code, _, err = _cli(["demo", "--losses", "l1,l1+0.1*vgg", "--out", str(tmp_path)])
     assert code == 2 and "unknown term 'vgg'" in err and "charbonnier" in err
-    code, _, err = _cli(["demo", "--losses", "l1+0.1*nima", "--out", str(tmp_path)])
-    assert code == 2 and "--nima-weights" in err
+    # without --nima-weights the nima term trains a synthetic-ratings NIMA (tests/test_enhancement.py); a wrong path
+    code, _, err = _cli(["demo", "--losses", "l1+0.1*nima", "--nima-weights", str(tmp_path / "no_nima.pth"),
+                         "--out", str(tmp_path)])
+    assert code == 2 and "--nima-weights" in err and "no_nima.pth" in err
     missing = tmp_path / "nope.safetensors"
     code, _, err = _cli(["demo", "--losses", "mdf", "--mdf-weights", str(missing), "--train-images", "brick",
                          "--test-images", "gravel", "--out", str(tmp_path)])

@@ -257,9 +257,18 @@ def _range(name: str, value: object, fn: str, low: float, high: float = math.inf
         raise TypeError(f"{fn}: {name} must be a finite number or a (low, high) pair of them, got {value!r}")
     lo, hi = float(pair[0]), float(pair[1])
     if not low <= lo <= hi <= high:
-        bound = f"[{low:g}, {high:g}]" if math.isfinite(high) else f">= {low:g}"
-        raise ValueError(f"{fn}: {name} must be {bound} (a pair: low <= high), got {value!r}")
+        bound = f"in [{low:g}, {high:g}]" if math.isfinite(high) else f">= {low:g}"
+        raise ValueError(f"{fn}: {name} must be {bound}, or a (low, high) pair of such numbers with low <= high, "
+                         f"got {value!r}")
     return lo, hi
+
+
+def _unit(name: str, value: object, fn: str) -> float:
+    """A finite number in [0, 1]."""
+    v = _number(name, value, fn, 0.0)
+    if v > 1:
+        raise ValueError(f"{fn}: {name} must be in [0, 1], got {value!r}")
+    return v
 
 
 def _draw(bounds: Tuple[float, float], n: int, generator: torch.Generator, device, dtype) -> torch.Tensor:
@@ -304,7 +313,7 @@ def synthetic_depth(
     for name, v, lo in (("batch", batch, 1), ("height", height, 1), ("width", width, 1), ("cells", cells, 1)):
         if not is_int(v) or v < lo:
             raise ValueError(f"{fn}: {name} must be an int >= {lo}, got {v!r}")
-    noise = _range("noise", noise, fn, 0.0, 1.0)[0]
+    noise = _unit("noise", noise, fn)
     device = torch.device(device) if device is not None else (generator.device if generator is not None
                                                                else torch.device("cpu"))
     if generator is None:
@@ -362,8 +371,9 @@ def add_haze(
     b, _, h, w = x.shape
     if generator is None:
         generator = torch.Generator(device=x.device).manual_seed(int(seed))
-    betas = _draw(beta_r, b, generator, x.device, torch.float32).to(x.dtype).view(b, 1, 1, 1)
-    air = _draw(air_r, b, generator, x.device, torch.float32).to(x.dtype).view(b, 1, 1, 1)
+    # drawn in float64 whatever the image's dtype: the same seed gives the same haze in any precision
+    betas = _draw(beta_r, b, generator, x.device, torch.float64).to(x.dtype).view(b, 1, 1, 1)
+    air = _draw(air_r, b, generator, x.device, torch.float64).to(x.dtype).view(b, 1, 1, 1)
     if depth is None:
         d = synthetic_depth(b, h, w, noise=depth_noise, generator=generator, device=x.device, dtype=x.dtype)
     else:
@@ -421,7 +431,7 @@ def compress_tones(
     x, squeeze = _check_image(img, fn)
     e = _number("exposure", exposure, fn, -math.inf)
     k = _number("compression", compression, fn, 0.0)
-    ell = _range("local", local, fn, 0.0, 1.0)[0]
+    ell = _unit("local", local, fn)
     sigma = _number("sigma", sigma, fn, 0.0, low_inclusive=False)
     y = (x * 2.0 ** e).clamp(max=1.0)
     y = y * (1 + k) / (1 + k * y)

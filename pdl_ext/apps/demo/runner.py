@@ -14,9 +14,11 @@ import torch
 from ..loss_spec import LossSpec, WeightedSumLoss, parse_loss_specs
 from ...train.degradations import TASKS
 from .report import _mean_metrics, _describe_run, center_crop, format_table, image_metrics, metrics_rows, save_grid, write_outputs, zoom_box
+from .report import enhancement_metrics, grid_caption, quality_models
 from .terms import TermContext, build_term
 from ...train.distributed import join_process_group, leave_process_group, local_rank
 from .training import DEFAULT_LOSSES, TASK_PARAMS, TEST_IMAGES, TRAIN_IMAGES, ResidualRestorer, degrade_for_network, train_restorer
+from .training import default_losses
 from ..._checks import is_int
 
 
@@ -25,7 +27,7 @@ class DemoConfig:
     """Everything a demo run depends on (written to ``metrics.json``)."""
 
     task: str = "denoise"
-    losses: str = DEFAULT_LOSSES
+    losses: Optional[str] = None  # None: the task's default (DEFAULT_LOSSES; l1 vs l1+W*nima for dehaze/tonemap)
     steps: int = 300
     crop: int = 48
     batch: int = 8
@@ -38,6 +40,7 @@ class DemoConfig:
     vgg_weights: Optional[str] = None
     mdf_weights: Optional[str] = None
     nima_weights: Optional[str] = None
+    judge_weights: Optional[str] = None  # the NIMA that scores outputs; None: a second synthetic-ratings one
     mdf_iters: int = 100
     threads: int = 0  # 0: torch's default, or 1 when the machine is already busy
     out: str = "demo_out"
@@ -104,10 +107,12 @@ def run_demo(config: Optional[DemoConfig] = None, *, progress: bool = True, log:
     cfg.train_images, cfg.test_images = tuple(cfg.train_images), tuple(cfg.test_images)
     multiple = TASK_PARAMS["sr"]["scale"] if cfg.task == "sr" else (2 if cfg.task == "demosaic" else 1)
     _check_config(cfg, multiple)
+    cfg.losses = cfg.losses or default_losses(cfg.task)
     specs: List[LossSpec] = parse_loss_specs(cfg.losses)
-    if any("nima" in s.names for s in specs) and cfg.nima_weights is None:
-        raise FileNotFoundError("the 'nima' term needs --nima-weights PATH: a NIMA checkpoint (VGG16 backbone), e.g. "
-                                "from `pdl-ext train-nima`; none is bundled")
+    for flag, given in (("--nima-weights", cfg.nima_weights), ("--judge-weights", cfg.judge_weights)):
+        if given is not None and not Path(given).expanduser().is_file():  # before any work
+            raise FileNotFoundError(f"{flag} {given!r}: no such file (a NIMA checkpoint: VGG16/VGG19 .pth or "
+                                    ".safetensors, or one written by `pdl-ext train-nima`)")
 
     device = _resolve_device(cfg.device, local_rank())
     from ...io.weights import check_output_path
@@ -164,6 +169,10 @@ def _run(cfg: DemoConfig, specs: List[LossSpec], device: torch.device, rank: int
     names = dict.fromkeys(n for s in specs for n in s.names)
     for name in sorted(names, key=lambda n: n != "mdf"):  # mdf first: a pdl fallback reuses its series
         term_fns[name] = build_term(name, ctx)
+    judges = quality_models(ctx, term_fns, cfg.judge_weights)  # NIMA scores of the outputs, if any
+
+    def measure(img: torch.Tensor, ref: torch.Tensor) -> Dict[str, float]:
+        return {**image_metrics(img, ref), **enhancement_metrics(img, cfg.task, judges)}
 
     torch.manual_seed(cfg.seed)
     initial = {k: v.clone() for k, v in ResidualRestorer(cfg.width, cfg.blocks).state_dict().items()}
@@ -172,8 +181,11 @@ def _run(cfg: DemoConfig, specs: List[LossSpec], device: torch.device, rank: int
         "processes": world, "torch": torch.__version__, "threads": torch.get_num_threads(),
         "notes": ctx.notes, "input": {"images": {}}, "losses": {}, "grids": {}, "interrupted": False,
     }
-    results["input"]["images"] = {n: image_metrics(degraded[n], refs[n]) for n in refs}
+    results["input"]["images"] = {n: measure(degraded[n], refs[n]) for n in refs}
     results["input"]["mean"] = _mean_metrics(results["input"]["images"])
+    reference = {n: enhancement_metrics(refs[n], cfg.task, judges) for n in refs}
+    if any(reference.values()):
+        results["reference"] = {"images": reference, "mean": _mean_metrics(reference)}
     outputs: Dict[str, Dict[str, torch.Tensor]] = {}
     say(f"demo: {_describe_run(results)}")
     for i, spec in enumerate(specs):
@@ -194,7 +206,7 @@ def _run(cfg: DemoConfig, specs: List[LossSpec], device: torch.device, rank: int
             continue
         with torch.no_grad():
             outputs[name] = {n: model(degraded[n][None].to(device))[0].clamp(0, 1).cpu() for n in refs}
-        per_image = {n: image_metrics(outputs[name][n], refs[n]) for n in refs}
+        per_image = {n: measure(outputs[name][n], refs[n]) for n in refs}
         results["losses"][name] = {"images": per_image, "mean": _mean_metrics(per_image), "ms_per_step": tr.ms_per_step,
                                    "steps": cfg.steps, "last_loss": tr.last_loss}
         say(f"{name}: {tr.ms_per_step:.0f} ms/step, PSNR {results['losses'][name]['mean']['psnr']:.2f} dB")
@@ -216,11 +228,9 @@ def _write_all(out: Path, results: Dict[str, Any], refs: Dict[str, torch.Tensor]
                outputs: Dict[str, Dict[str, torch.Tensor]]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     for n, ref in refs.items():
-        m = results["input"]["images"][n]
-        cols = [("input", f"PSNR {m['psnr']:.2f} dB\ntexture W1 {m['texture_w1']:.2f}", degraded[n])]
+        cols = [("input", grid_caption(results["input"]["images"][n]), degraded[n])]
         for name, imgs in outputs.items():
-            m = results["losses"][name]["images"][n]
-            cols.append((name, f"PSNR {m['psnr']:.2f} dB\ntexture W1 {m['texture_w1']:.2f}", imgs[n]))
+            cols.append((name, grid_caption(results["losses"][name]["images"][n]), imgs[n]))
         cols.append(("reference", f"{n}\n{tuple(ref.shape[-2:])[0]}x{tuple(ref.shape[-2:])[1]}", ref))
         path = out / f"grid_{n}.png"
         save_grid(path, cols, zoom_box(ref))
@@ -234,10 +244,10 @@ def _write_all(out: Path, results: Dict[str, Any], refs: Dict[str, torch.Tensor]
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = DemoConfig()
-    parser.add_argument("--task", choices=TASKS, default=d.task, help=f"restoration task (default {d.task})")
-    parser.add_argument("--losses", default=d.losses,
+    parser.add_argument("--task", choices=TASKS, default=d.task, help=f"restoration or enhancement task (default {d.task})")
+    parser.add_argument("--losses", default=None,
                         help=f"comma-separated loss specs, sums of WEIGHT*TERM with terms l1, l2, charbonnier, pdl, mdf, "
-                             f"nima (default {d.losses!r})")
+                             f"nima (default {DEFAULT_LOSSES!r}; dehaze, tonemap: {default_losses('dehaze')!r})")
     parser.add_argument("--steps", type=int, default=d.steps, help=f"training steps per loss (default {d.steps})")
     parser.add_argument("--crop", type=int, default=d.crop, help=f"training crop side in px (default {d.crop})")
     parser.add_argument("--batch", type=int, default=d.batch, help=f"global batch size (default {d.batch})")
@@ -254,7 +264,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="MDF discriminators (.safetensors) for mdf (and pdl without VGG); 'train' trains a short "
                              "series here (default: the published ones bundled with pdl-ext, for the task)")
     parser.add_argument("--mdf-iters", type=int, default=d.mdf_iters, help=f"iterations per scale of the short MDF training (default {d.mdf_iters})")
-    parser.add_argument("--nima-weights", default=None, help="NIMA checkpoint, needed by the nima term")
+    parser.add_argument("--nima-weights", default=None,
+                        help="NIMA checkpoint for the nima term (VGG16/VGG19 .pth/.safetensors, or from `pdl-ext "
+                             "train-nima`); default: a small NIMA trained here on synthetic ratings, cached in --out")
+    parser.add_argument("--judge-weights", default=None,
+                        help="NIMA checkpoint that scores the outputs (default for dehaze/tonemap and nima runs: a "
+                             "second synthetic-ratings NIMA, other photographs and seed, cached in --out)")
     parser.add_argument("--threads", type=int, default=d.threads,
                         help="CPU threads; 0 (default): torch's default, or 1 when the machine is already busy")
     parser.add_argument("--seed", type=int, default=d.seed)
@@ -267,8 +282,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = DemoConfig(task=args.task, losses=args.losses, steps=args.steps, crop=args.crop, batch=args.batch, lr=args.lr,
                      width=args.width, blocks=args.blocks, eval_size=args.eval_size, seed=args.seed, device=args.device,
                      vgg_weights=args.vgg_weights, mdf_weights=args.mdf_weights, nima_weights=args.nima_weights,
-                     mdf_iters=args.mdf_iters, threads=args.threads, out=args.out, train_images=split(args.train_images),
-                     test_images=split(args.test_images))
+                     judge_weights=args.judge_weights, mdf_iters=args.mdf_iters, threads=args.threads, out=args.out,
+                     train_images=split(args.train_images), test_images=split(args.test_images))
     try:
         results = run_demo(cfg, progress=not args.quiet, log=lambda m: print(m, flush=True))
     except (ValueError, FileNotFoundError) as e:

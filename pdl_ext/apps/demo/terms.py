@@ -22,6 +22,7 @@ MDF_SCALES = 8  # the published loss uses the first 8 discriminators
 PDL_MDF_SCALES = 2
 MDF_TRAIN_MAX_SIZE = 64  # finest side of the short MDF training for the mdf term (5 scales)
 PDL_TRAIN_MAX_SIZE = 32  # ... and for the pdl fallback (3 scales, of which it uses 2)
+NIMA_MARGIN = 8  # px of the output's border the nima term does not score (see build_term)
 
 
 @dataclass
@@ -171,19 +172,39 @@ def build_term(name: str, ctx: TermContext) -> Callable[[torch.Tensor, torch.Ten
         ctx.notes.append(f"mdf: the published MSE loss over {loss.num_scales} discriminators")
         return loss
     if name == "nima":
-        if ctx.nima_weights is None:
-            raise FileNotFoundError(
-                "the 'nima' term needs --nima-weights PATH: a NIMA checkpoint (VGG16 backbone) such as one "
-                "written by `pdl-ext train-nima`; none is bundled"
-            )
-        from ...losses.nima import NIMA, NIMALoss
+        from ...losses.nima import NIMALoss
+        from ...train.synthetic_ratings import PHOTOS, cached_synthetic_nima, load_nima_checkpoint
 
-        path = Path(ctx.nima_weights).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(f"--nima-weights {ctx.nima_weights!r}: no such file")
-        nima_loss = NIMALoss(NIMA("vgg16", weights=path), weight=1.0, fidelity=None).to(ctx.device)
-        ctx.notes.append(f"nima: NIMA's mean-score penalty, weights {path.name}")
-        return lambda out, ref: nima_loss(out)
+        if ctx.nima_weights is None:
+            path, trained = cached_synthetic_nima(ctx.out, "loss", log=ctx.log, progress=ctx.progress,
+                                                  device=str(ctx.device), announce=(
+                "nima: no --nima-weights (AVA-trained NIMA weights are not bundled), so the nima term is a small "
+                "NIMA trained here first on synthetic ratings (crops of the bundled photographs rated by known "
+                "haze, tone, noise, blur and JPEG strengths; `pdl-ext train-nima --synthetic`)"))
+            if not trained:
+                ctx.log(f"nima: reusing the synthetic-ratings NIMA cached in {path}")
+            ctx.notes.append(
+                f"nima: a small NIMA (SmallIQANet backbone) trained here on synthetic ratings of crops of "
+                f"{', '.join(PHOTOS['loss'])} (score 8.5 - 6 x the strength of a known haze/tone/noise/blur/JPEG "
+                f"distortion; cached as {path.name}), not on AVA: pass --nima-weights PATH for a real NIMA")
+        else:
+            path = Path(ctx.nima_weights).expanduser()
+            if not path.is_file():
+                raise FileNotFoundError(f"--nima-weights {ctx.nima_weights!r}: no such file (a NIMA checkpoint: "
+                                        "VGG16/VGG19 .pth or .safetensors, or one of `pdl-ext train-nima`)")
+            ctx.log(f"nima: NIMA weights from {path}")
+            ctx.notes.append(f"nima: NIMA's mean-score penalty, weights {path.name} (--nima-weights)")
+        nima = load_nima_checkpoint(path).to(ctx.device)
+        nima_loss = NIMALoss(nima, weight=1.0, pixel_loss=None)
+
+        def nima_term(out: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+            # the critic judges what will be shown, without a NIMA_MARGIN px border: scored with its border, the
+            # restorer learns to draw high-contrast stripes along the (zero-padded) top edge that the critic rewards
+            m = NIMA_MARGIN if min(out.shape[-2:]) > 4 * NIMA_MARGIN else 0
+            return nima_loss(out[..., m:out.shape[-2] - m, m:out.shape[-1] - m].clamp(0, 1))
+
+        nima_term.quality_model = nima  # the runner reports this model's score too
+        return nima_term
     raise ValueError(f"demo: no loss term {name!r}")
 
 
