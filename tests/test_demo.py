@@ -7,7 +7,6 @@ import io
 import json
 import math
 import os
-import socket
 
 import numpy as np
 import pytest
@@ -267,10 +266,9 @@ def _train(rank, world):
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def _ddp_worker(rank, world, port, out_dir):
+def _ddp_worker(rank, world, out_dir):
     import torch.distributed as dist
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     torch.set_num_threads(1)
     try:
@@ -279,14 +277,8 @@ def _ddp_worker(rank, world, port, out_dir):
         dist.destroy_process_group()
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_ddp_two_gloo_processes_match_one(tmp_path):
-    torch.multiprocessing.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+def test_ddp_two_gloo_processes_match_one(tmp_path, ddp_spawn):
+    ddp_spawn(_ddp_worker, str(tmp_path))
     r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
     r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
     start = _initial_model().state_dict()

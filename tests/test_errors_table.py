@@ -11,10 +11,8 @@ from pathlib import Path
 from typing import Dict, List, NamedTuple
 
 import pytest
-import torch
 
 import pdl_ext
-from pdl_ext.losses.mdf import MDFLoss
 
 TABLE = Path(__file__).resolve().parents[1] / "docs" / "errors.md"
 

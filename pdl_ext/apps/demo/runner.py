@@ -284,11 +284,8 @@ def run(args: argparse.Namespace) -> int:
                      vgg_weights=args.vgg_weights, mdf_weights=args.mdf_weights, nima_weights=args.nima_weights,
                      judge_weights=args.judge_weights, mdf_iters=args.mdf_iters, threads=args.threads, out=args.out,
                      train_images=split(args.train_images), test_images=split(args.test_images))
-    try:
+    try:  # user errors become one line and exit status 2 in pdl-ext's main
         results = run_demo(cfg, progress=not args.quiet, log=lambda m: print(m, flush=True))
-    except (ValueError, FileNotFoundError) as e:
-        print(f"pdl-ext demo: error: {e}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:  # before any loss finished (e.g. during a short MDF training)
         print("\npdl-ext demo: interrupted before any loss finished", file=sys.stderr)
         return 130
