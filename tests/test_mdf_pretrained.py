@@ -34,15 +34,6 @@ SHA256 = {
 }
 
 
-@pytest.fixture
-def one_thread():
-    # Small convolutions on a shared 2-core machine: OpenMP threads only contend.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
