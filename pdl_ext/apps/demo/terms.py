@@ -1,7 +1,6 @@
 """The demo's loss terms: pixel terms, PDL (VGG16, or MDF features without VGG weights), MDF and NIMA."""
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, List, Optional
@@ -116,10 +115,9 @@ def resolve_mdf_weights(ctx: TermContext, max_size: int = MDF_TRAIN_MAX_SIZE) ->
             from ...train.mdf import train_mdf
 
             ctx.out.mkdir(parents=True, exist_ok=True)
-            tmp = cache.with_suffix(".tmp")
-            train_mdf(ctx.mdf_image, mdf_task, iters=ctx.mdf_iters, out=tmp, max_size=max_size, seed=ctx.seed,
+            # train_mdf writes its file atomically at the end: a Ctrl-C mid-training leaves no cache
+            train_mdf(ctx.mdf_image, mdf_task, iters=ctx.mdf_iters, out=cache, max_size=max_size, seed=ctx.seed,
                       device=ctx.device, progress=ctx.progress)
-            os.replace(tmp, cache)  # a Ctrl-C mid-training leaves no half-written cache
         _barrier(ctx)
     ctx.notes.append(f"MDF discriminators: a short training here ({mdf_task} on {ctx.mdf_image} up to {max_size} px, "
                      f"{ctx.mdf_iters} iterations per scale), not the published ones")
